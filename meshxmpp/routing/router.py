@@ -1,0 +1,273 @@
+"""The router: turns a stanza into hub events and executes the policy engine's decisions.
+
+It decides nothing itself about who receives a message: ``routing.policy.decide`` does, as a pure
+function; the router only gathers the facts, asks, and carries out the actions (deliver, carbon,
+store offline, bounce, drop). The hot path (a message to a bound recipient) is plain function calls
+with no ``await``; only work that touches storage returns an awaitable for the caller to await.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from meshxmpp.jid import JID, InvalidJID
+from meshxmpp.routing import policy
+from meshxmpp.routing.facts import facts_from_element
+from meshxmpp.xml import ns
+from meshxmpp.xml.element import Element
+
+if TYPE_CHECKING:
+    from meshxmpp.c2s.session import Session
+    from meshxmpp.hub import Hub
+    from meshxmpp.routing.table import SessionRegistry
+    from meshxmpp.storage.base import Accounts
+
+log = logging.getLogger("meshxmpp.router")
+
+FALLBACK = -1000
+_KINDS = frozenset({"message", "presence", "iq"})
+_IQ_TYPES = frozenset({"get", "set", "result", "error"})
+
+
+@dataclass(frozen=True, slots=True)
+class StanzaEvent:
+    stanza: Element
+    origin: Session | None
+    to: JID | None
+    sender: JID
+
+
+class Router:
+    def __init__(
+        self,
+        *,
+        hub: Hub,
+        sessions: SessionRegistry,
+        domain: str,
+        accounts: Accounts,
+        policy_config: policy.PolicyConfig,
+    ) -> None:
+        self.hub = hub
+        self.sessions = sessions
+        self.domain = domain
+        self.accounts = accounts
+        self.policy_config = policy_config
+        self.stats: dict[str, int] = {}
+        for name, handler in (
+            ("message/full", self._message_to_user),
+            ("message/bare", self._message_to_user),
+            ("message/host", self._to_host),
+            ("presence/full", self._presence_full),
+            ("presence/bare", _drop),
+            ("presence/host", _drop),
+            ("presence/broadcast", _drop),
+            ("iq/full", self._iq_full),
+            ("iq/bare", self._to_host),
+            ("iq/host", self._to_host),
+            ("iq/self", self._to_host),
+        ):
+            hub.hook(name, handler, FALLBACK)
+
+    # -- entry points ---------------------------------------------------------------------------
+
+    def route(self, el: Element, origin: Session | None) -> Awaitable[None] | None:
+        """Route one stanza. ``origin`` is the local client session it came from, if any."""
+        kind = el.name
+        if kind not in _KINDS:
+            if origin is not None:
+                origin.close("unsupported-stanza-type")
+            return None
+        if origin is not None:
+            sender = origin.jid
+        else:
+            try:
+                sender = JID.parse(el.get("from") or "")
+            except InvalidJID:
+                log.debug("dropping stanza without a valid from: %r", el)
+                return None
+        if kind == "iq" and not self._valid_iq(el, sender):
+            return None
+        to_s = el.attrs.get("to")
+        to: JID | None
+        if to_s is None:
+            to = None
+        else:
+            try:
+                to = JID.parse(to_s)
+            except InvalidJID:
+                self.bounce(el, "modify", "jid-malformed")
+                return None
+        if origin is not None:
+            result = self._from_client(el, kind, origin, sender, to)
+        else:
+            result = self._inbound(StanzaEvent(el, origin, to, sender), kind)
+        return result if inspect.isawaitable(result) else None
+
+    def deliver(self, session: Session, el: Element) -> None:
+        session.send(el)
+
+    async def session_ended(self, session: Session) -> None:
+        """The connection of ``session`` ended (cleanly or not): unregister it, tell the features."""
+        if self.sessions.unbind(session):
+            await self.hub.fire_all("session/end", session)
+
+    def bounce(self, el: Element, error_type: str, condition: str, text: str | None = None) -> None:
+        """Send an error reply for ``el`` to its sender; errors themselves are never bounced."""
+        if el.attrs.get("type") == "error" or not el.attrs.get("from"):
+            return
+        reply = el.error_reply(error_type, condition, text)
+        if not reply.attrs.get("from"):
+            reply.set("from", self.domain)
+        self.route(reply, None)
+
+    # -- dispatch --------------------------------------------------------------------------------
+
+    def _valid_iq(self, el: Element, sender: JID) -> bool:
+        type_ = el.attrs.get("type")
+        if type_ not in _IQ_TYPES or "id" not in el.attrs:
+            self.bounce(el, "modify", "bad-request")
+            return False
+        if type_ in ("get", "set") and sum(1 for c in el.children if isinstance(c, Element)) != 1:
+            self.bounce(el, "modify", "bad-request")
+            return False
+        return True
+
+    def _dest(self, to: JID) -> str:
+        if to.local is None and to.resource is None:
+            return "host"
+        return "bare" if to.resource is None else "full"
+
+    def _from_client(self, el: Element, kind: str, origin: Session, sender: JID, to: JID | None) -> Any:
+        if to is None:
+            if kind == "presence":
+                return self.hub.fire("presence/broadcast", StanzaEvent(el, origin, None, sender))
+            if kind == "iq":
+                return self._fire_iq(StanzaEvent(el, origin, None, sender), "self")
+            # RFC 6120 10.3.1: a message without 'to' is for the sender's own bare JID.
+            to = sender.bare
+        elif kind == "iq" and to == sender.bare:
+            return self._fire_iq(StanzaEvent(el, origin, to, sender), "self")
+        event = StanzaEvent(el, origin, to, sender)
+        if to.domain == self.domain:
+            handled = self.hub.fire(f"pre-{kind}/{self._dest(to)}", event)
+            if handled:
+                return handled
+        return self._inbound(event, kind)
+
+    def _fire_iq(self, event: StanzaEvent, dest: str) -> Any:
+        el = event.stanza
+        type_ = el.attrs["type"]
+        if type_ in ("get", "set"):
+            child = next(c for c in el.children if isinstance(c, Element))
+            handled = self.hub.fire(f"iq-{type_}/{dest}/{child.ns}", event)
+            if handled:
+                return handled
+        return self.hub.fire(f"iq/{dest}", event)
+
+    def _inbound(self, event: StanzaEvent, kind: str) -> Any:
+        to = event.to
+        assert to is not None
+        if to.domain != self.domain:
+            # No server-to-server yet: every other domain is unreachable (RFC 6120 10.4.3).
+            handled = self.hub.fire(f"{kind}/remote", event)
+            if handled:
+                return handled
+            self.bounce(event.stanza, "cancel", "remote-server-not-found")
+            return None
+        dest = self._dest(to)
+        if kind == "iq" and dest != "full":
+            return self._fire_iq(event, dest)
+        return self.hub.fire(f"{kind}/{dest}", event)
+
+    # -- fallback handlers: delivery by policy ----------------------------------------------------
+
+    def _message_to_user(self, event: StanzaEvent) -> Any:
+        to = event.to
+        assert to is not None
+        sessions = self.sessions.of(to.bare)
+        if sessions:
+            self._execute(event, policy.decide(facts_from_element(event.stanza, to, event.sender),
+                                               sessions, self.policy_config, account_exists=True))
+            return True
+        return self._message_no_sessions(event)
+
+    async def _message_no_sessions(self, event: StanzaEvent) -> None:
+        to = event.to
+        assert to is not None
+        exists = await self.accounts.exists(str(to.bare))
+        # Re-read: a session may have bound while we waited on storage.
+        sessions = self.sessions.of(to.bare)
+        decision = policy.decide(facts_from_element(event.stanza, to, event.sender), sessions,
+                                 self.policy_config, account_exists=exists)
+        result = self._execute(event, decision)
+        if inspect.isawaitable(result):
+            await result
+
+    def _execute(self, event: StanzaEvent, decision: policy.Decision) -> Any:
+        self.stats[decision.rule] = self.stats.get(decision.rule, 0) + 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s -> %s", event.stanza.attrs.get("to"), policy.explain(decision))
+        pending = None
+        el = event.stanza
+        for action in decision.actions:
+            match action:
+                case policy.Deliver(jid=jid):
+                    session = self.sessions.get(jid)
+                    if session is not None:
+                        session.send(el)
+                case policy.DeliverCarbon(jid=jid, direction=direction):
+                    session = self.sessions.get(jid)
+                    if session is not None:
+                        session.send(carbon_copy(el, session.jid, direction))
+                case policy.StoreOffline():
+                    pending = self.hub.fire("message/offline", event)
+                    if not pending:
+                        self.bounce(el, "cancel", "service-unavailable")
+                case policy.Bounce(condition=condition, error_type=error_type):
+                    self.bounce(el, error_type, condition)
+                case policy.Drop():
+                    pass
+        return pending
+
+    def _to_host(self, event: StanzaEvent) -> Any:
+        el = event.stanza
+        type_ = el.attrs.get("type")
+        if el.name == "iq" and type_ in ("result", "error"):
+            return True
+        if el.name == "message" and type_ in ("error", "headline", "groupchat"):
+            return True
+        self.bounce(el, "cancel", "service-unavailable")
+        return True
+
+    def _presence_full(self, event: StanzaEvent) -> Any:
+        assert event.to is not None
+        session = self.sessions.get(event.to)
+        if session is not None:
+            session.send(event.stanza)
+        return True
+
+    def _iq_full(self, event: StanzaEvent) -> Any:
+        assert event.to is not None
+        session = self.sessions.get(event.to)
+        if session is not None:
+            session.send(event.stanza)
+        elif event.stanza.attrs.get("type") in ("get", "set"):
+            self.bounce(event.stanza, "cancel", "service-unavailable")
+        return True
+
+
+def _drop(event: StanzaEvent) -> bool:
+    return True
+
+
+def carbon_copy(el: Element, to: JID, direction: str) -> Element:
+    """XEP-0280 wrapper: <message from=bare to=full><received|sent><forwarded>el</forwarded>..."""
+    wrapper = Element("message", ns.CLIENT, {
+        "from": str(to.bare), "to": str(to), "type": el.attrs.get("type", "normal")})
+    forwarded = wrapper.add(direction, ns.CARBONS).add("forwarded", ns.FORWARD)
+    forwarded.append(el)
+    return wrapper

@@ -1,0 +1,136 @@
+"""The storage contract: plain dataclasses and the Protocols every backend implements.
+
+Callers (``ctx.storage``) see only these names; see ``docs/internals.md``. Behaviour the
+contract leaves open is pinned by ``meshxmpp.testing._conformance`` so that the memory fake
+and the real backends agree:
+
+* ``Accounts.list()`` returns users sorted; ``Rosters.items()`` returns items sorted by jid.
+* ``Rosters.items()``/``get()`` return copies: mutating a returned item changes nothing stored.
+* ``Offline.fetch()`` is oldest first (ascending id); ids are never reused for a store.
+* ``Offline.store()`` refuses (``False``) when the user already holds ``limit`` messages.
+* ``Offline.delete()`` ignores ids that are unknown or belong to another user.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from meshxmpp.c2s.sasl import ScramCredentials
+
+__all__ = [
+    "Accounts",
+    "Offline",
+    "OfflineMessage",
+    "RosterItem",
+    "Rosters",
+    "Storage",
+    "StorageClosedError",
+]
+
+
+@dataclass(slots=True)
+class RosterItem:
+    jid: str
+    name: str | None = None
+    subscription: str = "none"  # none|to|from|both
+    ask: bool = False  # pending out (we asked them)
+    pending_in: bool = False  # they asked us, not yet answered; stanza kept below
+    pending_in_stanza: str | None = None
+    approved: bool = False  # pre-approval (RFC 6121 3.4)
+    groups: tuple[str, ...] = ()
+    hidden: bool = False  # exists only to hold pending_in/approved; not in roster results
+
+
+@dataclass(frozen=True, slots=True)
+class OfflineMessage:
+    id: int
+    stanza: str
+    stamp: float
+
+
+@runtime_checkable
+class Accounts(Protocol):
+    async def create(self, user: str, creds: dict[str, ScramCredentials]) -> bool:
+        """Create ``user``; ``False`` (and nothing changed) if it exists."""
+        ...
+
+    async def get_credentials(self, user: str) -> dict[str, ScramCredentials] | None: ...
+
+    async def set_credentials(self, user: str, creds: dict[str, ScramCredentials]) -> bool:
+        """Replace all credentials of ``user``; ``False`` if there is no such account."""
+        ...
+
+    async def delete(self, user: str) -> bool:
+        """Remove the account with its roster and offline messages, atomically."""
+        ...
+
+    async def exists(self, user: str) -> bool: ...
+
+    async def list(self) -> list[str]: ...
+
+
+@runtime_checkable
+class Rosters(Protocol):
+    async def items(self, user: str) -> list[RosterItem]:
+        """All items of ``user``'s roster, hidden ones included, sorted by jid."""
+        ...
+
+    async def get(self, user: str, jid: str) -> RosterItem | None: ...
+
+    async def put(self, user: str, item: RosterItem) -> None:
+        """Upsert by ``(user, item.jid)``; every field is replaced."""
+        ...
+
+    async def remove(self, user: str, jid: str) -> bool: ...
+
+
+@runtime_checkable
+class Offline(Protocol):
+    async def store(self, user: str, stanza: str, *, stamp: float, limit: int) -> bool:
+        """Append a message; ``False`` (nothing stored) if ``user`` already holds ``limit``."""
+        ...
+
+    async def count(self, user: str) -> int: ...
+
+    async def fetch(self, user: str) -> list[OfflineMessage]:
+        """All messages of ``user``, oldest first."""
+        ...
+
+    async def delete(self, user: str, ids: list[int]) -> None: ...
+
+
+class StorageClosedError(RuntimeError):
+    """A backend that needs ``open()`` was used before it or after ``close()``."""
+
+
+class Storage:
+    """What callers hold (``ctx.storage``). Backends subclass this and set the three parts.
+
+    ``open()`` must be awaited before use and ``close()`` after; ``async with storage:``
+    does both.
+    """
+
+    accounts: Accounts
+    rosters: Rosters
+    offline: Offline
+
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Storage:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

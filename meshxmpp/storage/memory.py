@@ -1,0 +1,156 @@
+"""Dict-backed storage: the reference implementation and the verified fake for tests.
+
+It passes the same conformance suite as SQLite (``meshxmpp.testing._conformance``). Every
+method checkpoints once before touching state, like a real backend would yield to the loop,
+so tests that depend on storage calls not yielding fail here too; the mutation after the
+checkpoint is synchronous and therefore atomic.
+
+Unlike SQLite it may be used without ``open()``: tests build it and go.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import TYPE_CHECKING
+
+import trio
+
+from meshxmpp.storage.base import OfflineMessage, RosterItem, Storage
+
+if TYPE_CHECKING:
+    from meshxmpp.c2s.sasl import ScramCredentials
+
+__all__ = ["MemoryStorage"]
+
+
+def _copy_item(item: RosterItem) -> RosterItem:
+    # Stored items must not alias the caller's: RosterItem is mutable.
+    return dataclasses.replace(item, groups=tuple(item.groups))
+
+
+class _State:
+    def __init__(self) -> None:
+        self.accounts: dict[str, dict[str, ScramCredentials]] = {}
+        self.rosters: dict[str, dict[str, RosterItem]] = {}
+        self.offline: dict[str, list[OfflineMessage]] = {}
+        # Like SQLite AUTOINCREMENT: ids grow across users and are never reused.
+        self.ids = itertools.count(1)
+
+
+class MemoryAccounts:
+    def __init__(self, state: _State) -> None:
+        self._s = state
+
+    async def create(self, user: str, creds: dict[str, ScramCredentials]) -> bool:
+        await trio.lowlevel.checkpoint()
+        if user in self._s.accounts:
+            return False
+        self._s.accounts[user] = dict(creds)
+        return True
+
+    async def get_credentials(self, user: str) -> dict[str, ScramCredentials] | None:
+        await trio.lowlevel.checkpoint()
+        creds = self._s.accounts.get(user)
+        return None if creds is None else dict(creds)
+
+    async def set_credentials(self, user: str, creds: dict[str, ScramCredentials]) -> bool:
+        await trio.lowlevel.checkpoint()
+        if user not in self._s.accounts:
+            return False
+        self._s.accounts[user] = dict(creds)
+        return True
+
+    async def delete(self, user: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        if self._s.accounts.pop(user, None) is None:
+            return False
+        self._s.rosters.pop(user, None)
+        self._s.offline.pop(user, None)
+        return True
+
+    async def exists(self, user: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        return user in self._s.accounts
+
+    async def list(self) -> list[str]:
+        await trio.lowlevel.checkpoint()
+        return sorted(self._s.accounts)
+
+
+class MemoryRosters:
+    def __init__(self, state: _State) -> None:
+        self._s = state
+
+    async def items(self, user: str) -> list[RosterItem]:
+        await trio.lowlevel.checkpoint()
+        roster = self._s.rosters.get(user, {})
+        return [_copy_item(roster[jid]) for jid in sorted(roster)]
+
+    async def get(self, user: str, jid: str) -> RosterItem | None:
+        await trio.lowlevel.checkpoint()
+        item = self._s.rosters.get(user, {}).get(jid)
+        return None if item is None else _copy_item(item)
+
+    async def put(self, user: str, item: RosterItem) -> None:
+        await trio.lowlevel.checkpoint()
+        self._s.rosters.setdefault(user, {})[item.jid] = _copy_item(item)
+
+    async def remove(self, user: str, jid: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        roster = self._s.rosters.get(user)
+        if roster is None or jid not in roster:
+            return False
+        del roster[jid]
+        if not roster:
+            del self._s.rosters[user]
+        return True
+
+
+class MemoryOffline:
+    def __init__(self, state: _State) -> None:
+        self._s = state
+
+    async def store(self, user: str, stanza: str, *, stamp: float, limit: int) -> bool:
+        await trio.lowlevel.checkpoint()
+        queue = self._s.offline.setdefault(user, [])
+        if len(queue) >= limit:
+            if not queue:
+                del self._s.offline[user]
+            return False
+        queue.append(OfflineMessage(id=next(self._s.ids), stanza=stanza, stamp=float(stamp)))
+        return True
+
+    async def count(self, user: str) -> int:
+        await trio.lowlevel.checkpoint()
+        return len(self._s.offline.get(user, ()))
+
+    async def fetch(self, user: str) -> list[OfflineMessage]:
+        await trio.lowlevel.checkpoint()
+        return list(self._s.offline.get(user, ()))
+
+    async def delete(self, user: str, ids: list[int]) -> None:
+        await trio.lowlevel.checkpoint()
+        queue = self._s.offline.get(user)
+        if not queue:
+            return
+        drop = set(ids)
+        kept = [m for m in queue if m.id not in drop]
+        if kept:
+            self._s.offline[user] = kept
+        else:
+            del self._s.offline[user]
+
+
+class MemoryStorage(Storage):
+    def __init__(self) -> None:
+        state = _State()
+        self.accounts = MemoryAccounts(state)
+        self.rosters = MemoryRosters(state)
+        self.offline = MemoryOffline(state)
+
+    async def open(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def close(self) -> None:
+        await trio.lowlevel.checkpoint()

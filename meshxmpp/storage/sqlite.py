@@ -1,0 +1,389 @@
+"""SQLite storage through sqlite-utils, off the event loop.
+
+Every blocking call (connect, queries, commits, close) runs in ``trio.to_thread.run_sync``
+behind a ``CapacityLimiter(1)``: one connection, used by one worker thread at a time, so
+operations are serialised and the loop never blocks (ARCHITECTURE.md convention 13).
+
+Durability: every write runs in its own ``BEGIN IMMEDIATE`` transaction that is committed
+inside the worker call, so a coroutine that returned has committed ("acknowledged means
+committed"). WAL with ``synchronous=NORMAL`` survives process crashes; only a power loss can
+drop the last transactions.
+
+Cancellation: a call whose task is cancelled while queued for the worker does nothing; once
+the worker has started it, the call completes (and commits) before the cancellation is seen.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+from sqlite_utils import Database
+
+from meshxmpp.c2s.sasl import ScramCredentials
+from meshxmpp.storage.base import OfflineMessage, RosterItem, Storage, StorageClosedError
+
+__all__ = ["MIGRATIONS", "SchemaError", "SqliteStorage", "migrate", "schema_version"]
+
+T = TypeVar("T")
+
+# Seconds another process may hold the write lock before we give up with "database is locked".
+BUSY_TIMEOUT = 5.0
+
+
+class SchemaError(RuntimeError):
+    """The database was written by a newer meshxmpp (unknown schema version)."""
+
+
+@contextmanager
+def _transaction(db: Database) -> Iterator[None]:
+    # IMMEDIATE takes the write lock up front, so a read-then-write (the offline quota)
+    # cannot be interleaved with another writer, even from another process.
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.conn.execute("ROLLBACK")
+        raise
+    else:
+        db.conn.execute("COMMIT")
+
+
+# --- migrations -------------------------------------------------------------------------
+# Append only: never edit a released migration. Each runs in one transaction together with
+# its schema_version row, and is written so that running it again is harmless.
+
+
+def _m1_initial(db: Database) -> None:
+    db.table("accounts").create(
+        {"user": str, "creds": str},
+        pk="user",
+        not_null={"user", "creds"},
+        if_not_exists=True,
+    )
+    db.table("roster").create(
+        {
+            "user": str,
+            "jid": str,
+            "name": str,
+            "subscription": str,
+            "ask": int,
+            "pending_in": int,
+            "pending_in_stanza": str,
+            "approved": int,
+            "groups_json": str,  # JSON list: keeps group order; "groups" is an SQL keyword
+            "hidden": int,
+        },
+        pk=("user", "jid"),
+        not_null={"user", "jid", "subscription", "ask", "pending_in", "approved", "groups_json", "hidden"},
+        if_not_exists=True,
+    )
+    # sqlite-utils cannot declare AUTOINCREMENT, which keeps ids from being reused after the
+    # newest message is deleted (a client may still hold an old id).
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS offline ("
+        " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " user TEXT NOT NULL,"
+        " stanza TEXT NOT NULL,"
+        " stamp REAL NOT NULL)"
+    )
+    db.table("offline").create_index(["user", "id"], index_name="offline_user", if_not_exists=True)
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_m1_initial]
+
+
+def schema_version(db: Database) -> int:
+    """The highest migration applied to ``db`` (0 for a fresh database)."""
+    if not db.table("schema_version").exists():
+        return 0
+    row = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
+    return int(row[0])
+
+
+def migrate(db: Database, migrations: list[Callable[[Database], None]] | None = None) -> int:
+    """Apply pending migrations in order; return the resulting version. Idempotent."""
+    steps = MIGRATIONS if migrations is None else migrations
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+    )
+    current = schema_version(db)
+    if current > len(steps):
+        raise SchemaError(f"database schema version {current} is newer than this meshxmpp ({len(steps)})")
+    for version in range(current + 1, len(steps) + 1):
+        with _transaction(db):
+            # Re-check under the write lock: another process may have migrated meanwhile.
+            if db.execute("SELECT 1 FROM schema_version WHERE version = ?", [version]).fetchone():
+                continue
+            steps[version - 1](db)
+            db.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", [version, time.time()]
+            )
+    return schema_version(db)
+
+
+# --- row conversion ---------------------------------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _creds_to_json(creds: dict[str, ScramCredentials]) -> str:
+    return json.dumps(
+        {
+            key: {
+                "hash_name": c.hash_name,
+                "salt": _b64(c.salt),
+                "iterations": c.iterations,
+                "stored_key": _b64(c.stored_key),
+                "server_key": _b64(c.server_key),
+            }
+            for key, c in creds.items()
+        },
+        sort_keys=True,
+    )
+
+
+def _creds_from_json(text: str) -> dict[str, ScramCredentials]:
+    raw: dict[str, dict[str, Any]] = json.loads(text)
+    return {
+        key: ScramCredentials(
+            hash_name=c["hash_name"],
+            salt=base64.b64decode(c["salt"]),
+            iterations=int(c["iterations"]),
+            stored_key=base64.b64decode(c["stored_key"]),
+            server_key=base64.b64decode(c["server_key"]),
+        )
+        for key, c in raw.items()
+    }
+
+
+def _item_to_row(user: str, item: RosterItem) -> dict[str, Any]:
+    return {
+        "user": user,
+        "jid": item.jid,
+        "name": item.name,
+        "subscription": item.subscription,
+        "ask": int(item.ask),
+        "pending_in": int(item.pending_in),
+        "pending_in_stanza": item.pending_in_stanza,
+        "approved": int(item.approved),
+        "groups_json": json.dumps(list(item.groups)),
+        "hidden": int(item.hidden),
+    }
+
+
+def _item_from_row(row: dict[str, Any]) -> RosterItem:
+    return RosterItem(
+        jid=row["jid"],
+        name=row["name"],
+        subscription=row["subscription"],
+        ask=bool(row["ask"]),
+        pending_in=bool(row["pending_in"]),
+        pending_in_stanza=row["pending_in_stanza"],
+        approved=bool(row["approved"]),
+        groups=tuple(json.loads(row["groups_json"])),
+        hidden=bool(row["hidden"]),
+    )
+
+
+# --- the three parts ----------------------------------------------------------------------
+
+
+class SqliteAccounts:
+    def __init__(self, storage: SqliteStorage) -> None:
+        self._run = storage._run
+
+    async def create(self, user: str, creds: dict[str, ScramCredentials]) -> bool:
+        blob = _creds_to_json(creds)
+
+        def op(db: Database) -> bool:
+            with _transaction(db):
+                cur = db.execute(
+                    "INSERT INTO accounts (user, creds) VALUES (?, ?) ON CONFLICT (user) DO NOTHING",
+                    [user, blob],
+                )
+                return cur.rowcount == 1
+
+        return await self._run(op)
+
+    async def get_credentials(self, user: str) -> dict[str, ScramCredentials] | None:
+        def op(db: Database) -> str | None:
+            row = db.execute("SELECT creds FROM accounts WHERE user = ?", [user]).fetchone()
+            return None if row is None else str(row[0])
+
+        text = await self._run(op)
+        return None if text is None else _creds_from_json(text)
+
+    async def set_credentials(self, user: str, creds: dict[str, ScramCredentials]) -> bool:
+        blob = _creds_to_json(creds)
+
+        def op(db: Database) -> bool:
+            with _transaction(db):
+                cur = db.execute("UPDATE accounts SET creds = ? WHERE user = ?", [blob, user])
+                return cur.rowcount == 1
+
+        return await self._run(op)
+
+    async def delete(self, user: str) -> bool:
+        def op(db: Database) -> bool:
+            with _transaction(db):
+                if db.execute("DELETE FROM accounts WHERE user = ?", [user]).rowcount != 1:
+                    return False
+                db.execute("DELETE FROM roster WHERE user = ?", [user])
+                db.execute("DELETE FROM offline WHERE user = ?", [user])
+                return True
+
+        return await self._run(op)
+
+    async def exists(self, user: str) -> bool:
+        def op(db: Database) -> bool:
+            return db.execute("SELECT 1 FROM accounts WHERE user = ?", [user]).fetchone() is not None
+
+        return await self._run(op)
+
+    async def list(self) -> list[str]:
+        def op(db: Database) -> list[str]:
+            return [str(r[0]) for r in db.execute("SELECT user FROM accounts ORDER BY user")]
+
+        return await self._run(op)
+
+
+class SqliteRosters:
+    def __init__(self, storage: SqliteStorage) -> None:
+        self._run = storage._run
+
+    async def items(self, user: str) -> list[RosterItem]:
+        def op(db: Database) -> list[RosterItem]:
+            rows = db.table("roster").rows_where("user = ?", [user], order_by="jid")
+            return [_item_from_row(r) for r in rows]
+
+        return await self._run(op)
+
+    async def get(self, user: str, jid: str) -> RosterItem | None:
+        def op(db: Database) -> RosterItem | None:
+            for row in db.table("roster").rows_where("user = ? AND jid = ?", [user, jid]):
+                return _item_from_row(row)
+            return None
+
+        return await self._run(op)
+
+    async def put(self, user: str, item: RosterItem) -> None:
+        row = _item_to_row(user, item)
+
+        def op(db: Database) -> None:
+            with _transaction(db):
+                db.table("roster").upsert(row, pk=("user", "jid"))
+
+        await self._run(op)
+
+    async def remove(self, user: str, jid: str) -> bool:
+        def op(db: Database) -> bool:
+            with _transaction(db):
+                cur = db.execute("DELETE FROM roster WHERE user = ? AND jid = ?", [user, jid])
+                return cur.rowcount == 1
+
+        return await self._run(op)
+
+
+class SqliteOffline:
+    def __init__(self, storage: SqliteStorage) -> None:
+        self._run = storage._run
+
+    async def store(self, user: str, stanza: str, *, stamp: float, limit: int) -> bool:
+        def op(db: Database) -> bool:
+            # Count and insert in one write transaction: the quota holds under concurrency.
+            with _transaction(db):
+                (n,) = db.execute("SELECT COUNT(*) FROM offline WHERE user = ?", [user]).fetchone()
+                if n >= limit:
+                    return False
+                db.execute(
+                    "INSERT INTO offline (user, stanza, stamp) VALUES (?, ?, ?)", [user, stanza, float(stamp)]
+                )
+                return True
+
+        return await self._run(op)
+
+    async def count(self, user: str) -> int:
+        def op(db: Database) -> int:
+            return int(db.execute("SELECT COUNT(*) FROM offline WHERE user = ?", [user]).fetchone()[0])
+
+        return await self._run(op)
+
+    async def fetch(self, user: str) -> list[OfflineMessage]:
+        def op(db: Database) -> list[OfflineMessage]:
+            cur = db.execute("SELECT id, stanza, stamp FROM offline WHERE user = ? ORDER BY id", [user])
+            return [OfflineMessage(id=int(i), stanza=str(s), stamp=float(t)) for i, s, t in cur]
+
+        return await self._run(op)
+
+    async def delete(self, user: str, ids: list[int]) -> None:
+        params = [(user, int(i)) for i in ids]
+        if not params:
+            return await trio.lowlevel.checkpoint()
+
+        def op(db: Database) -> None:
+            with _transaction(db):
+                db.conn.executemany("DELETE FROM offline WHERE user = ? AND id = ?", params)
+
+        await self._run(op)
+
+
+class SqliteStorage(Storage):
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._limiter = trio.CapacityLimiter(1)
+        # Read and written only inside the worker (under the limiter).
+        self._db: Database | None = None
+        self.accounts = SqliteAccounts(self)
+        self.rosters = SqliteRosters(self)
+        self.offline = SqliteOffline(self)
+
+    async def _run(self, fn: Callable[[Database], T]) -> T:
+        """Run ``fn(db)`` in the worker thread; the only way anything touches the connection."""
+
+        def call() -> T:
+            db = self._db
+            if db is None:
+                raise StorageClosedError(f"SqliteStorage({str(self.path)!r}) is not open")
+            return fn(db)
+
+        return await trio.to_thread.run_sync(call, limiter=self._limiter)
+
+    def _open_sync(self) -> None:
+        if self._db is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT, check_same_thread=False)
+        try:
+            db = Database(conn, execute_plugins=False)
+            db.enable_wal()
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA foreign_keys = ON")
+            migrate(db)
+        except BaseException:
+            conn.close()
+            raise
+        self._db = db
+
+    def _close_sync(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            db.conn.close()
+
+    async def open(self) -> None:
+        await trio.to_thread.run_sync(self._open_sync, limiter=self._limiter)
+
+    async def close(self) -> None:
+        # Shielded: a cancelled close must still release the connection. It waits at most
+        # for the operation in flight, each bounded by the busy timeout.
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self._close_sync, limiter=self._limiter)
