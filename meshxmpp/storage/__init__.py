@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from meshxmpp.storage.base import (
     Accounts,
@@ -15,6 +16,7 @@ from meshxmpp.storage.base import (
     StorageClosedError,
 )
 from meshxmpp.storage.memory import MemoryStorage
+from meshxmpp.storage.sqlite import SqliteStorage
 
 __all__ = [
     "DEFAULT_FILENAME",
@@ -33,7 +35,23 @@ __all__ = [
 DEFAULT_FILENAME = "meshxmpp.sqlite3"
 
 
-def open_storage(config: Any) -> Storage:
+class _StorageSection(Protocol):
+    @property
+    def backend(self) -> str: ...
+    @property
+    def path(self) -> str | os.PathLike[str] | None: ...
+
+
+class _Config(Protocol):
+    """The part of ``meshxmpp.config.Config`` read here."""
+
+    @property
+    def data_dir(self) -> str | os.PathLike[str]: ...
+    @property
+    def storage(self) -> _StorageSection: ...
+
+
+def open_storage(config: _Config) -> Storage:
     """Build the backend named by ``config.storage.backend``; the caller awaits ``open()``.
 
     ``"sqlite"``: the file ``config.storage.path``, or ``<config.data_dir>/meshxmpp.sqlite3``
@@ -45,23 +63,6 @@ def open_storage(config: Any) -> Storage:
         return MemoryStorage()
     if backend == "sqlite":
         path = config.storage.path
-        if path is None:
-            path = Path(config.data_dir) / DEFAULT_FILENAME
-        return SqliteStorage(path)
+        return SqliteStorage(Path(config.data_dir) / DEFAULT_FILENAME if path is None else Path(path))
     raise ValueError(f"storage.backend: unknown storage backend {backend!r} (expected 'sqlite' or 'memory')")
 
-
-def __getattr__(name: str) -> Any:
-    # SqliteStorage is imported on first use, so that importing storage.base or the memory
-    # fake does not pull in sqlite3/sqlite-utils.
-    if name == "SqliteStorage":
-        from meshxmpp.storage.sqlite import SqliteStorage as cls
-
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-from typing import TYPE_CHECKING  # noqa: E402
-
-if TYPE_CHECKING:
-    from meshxmpp.storage.sqlite import SqliteStorage

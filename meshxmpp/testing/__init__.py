@@ -4,5 +4,6 @@ from __future__ import annotations
 
 from meshxmpp.testing._client import ClientError, TestClient
 from meshxmpp.testing._node import RunningNode, node
+from meshxmpp.testing._thread import ThreadNode, run_in_thread
 
-__all__ = ["ClientError", "RunningNode", "TestClient", "node"]
+__all__ = ["ClientError", "RunningNode", "TestClient", "ThreadNode", "node", "run_in_thread"]

@@ -1,0 +1,79 @@
+"""Run a node in a background thread, for test suites that are not Trio (asyncio, slixmpp, plain)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import trio
+
+from meshxmpp.testing._node import RunningNode, node
+
+T = TypeVar("T")
+
+
+class ThreadNode:
+    """A node running in its own thread with its own Trio loop; methods are blocking."""
+
+    def __init__(self, running: RunningNode, token: trio.lowlevel.TrioToken) -> None:
+        self.running = running
+        self._token = token
+
+    @property
+    def domain(self) -> str:
+        return self.running.domain
+
+    @property
+    def c2s_address(self) -> tuple[str, int]:
+        return self.running.c2s_address
+
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``await fn(*args)`` inside the node's loop and return its result."""
+        return trio.from_thread.run(fn, *args, trio_token=self._token)
+
+    def call_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
+
+    def add_user(self, local: str, password: str = "secret") -> tuple[str, str]:
+        return self.call(self.running.add_user, local, password)
+
+
+@contextmanager
+def run_in_thread(overrides: dict[str, Any] | None = None, *, timeout: float = 30.0,
+                  **top_level: Any) -> Iterator[ThreadNode]:
+    started: queue.Queue[ThreadNode | BaseException] = queue.Queue()
+    stop_holder: list[trio.Event] = []
+
+    async def main() -> None:
+        stop = trio.Event()
+        stop_holder.append(stop)
+        try:
+            async with node(overrides, **top_level) as running:
+                started.put(ThreadNode(running, trio.lowlevel.current_trio_token()))
+                await stop.wait()
+        except BaseException as exc:  # hand any startup failure to the waiting thread
+            started.put(exc)
+            raise
+
+    def thread_main() -> None:
+        try:
+            trio.run(main)
+        except BaseException:
+            pass  # already reported through the queue
+
+    thread = threading.Thread(target=thread_main, name="meshxmpp-node", daemon=True)
+    thread.start()
+    result = started.get(timeout=timeout)
+    if isinstance(result, BaseException):
+        thread.join(timeout)
+        raise RuntimeError("node failed to start") from result
+    try:
+        yield result
+    finally:
+        trio.from_thread.run_sync(stop_holder[0].set, trio_token=result._token)
+        thread.join(timeout)
+        if thread.is_alive():
+            raise RuntimeError("node thread did not stop within the timeout")
