@@ -148,7 +148,8 @@ def _domainpart_slow(s: str) -> str:
                 raise InvalidJID(f"invalid domain label {label!r}")
         else:
             labels[i] = _ulabel(label)
-    if labels[-1].isascii() and labels[-1].isdigit():  # all-numeric top label: only an IPv4 address is acceptable
+    # An all-numeric top label can only be an IPv4 address.
+    if labels[-1].isascii() and labels[-1].isdigit():
         try:
             s = str(ipaddress.IPv4Address(s))
         except ValueError:

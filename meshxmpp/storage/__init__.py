@@ -65,4 +65,3 @@ def open_storage(config: _Config) -> Storage:
         path = config.storage.path
         return SqliteStorage(Path(config.data_dir) / DEFAULT_FILENAME if path is None else Path(path))
     raise ValueError(f"storage.backend: unknown storage backend {backend!r} (expected 'sqlite' or 'memory')")
-

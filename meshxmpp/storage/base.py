@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
 if TYPE_CHECKING:
     from meshxmpp.c2s.sasl import ScramCredentials
@@ -123,7 +123,7 @@ class Storage:
     async def close(self) -> None:
         raise NotImplementedError
 
-    async def __aenter__(self) -> Storage:
+    async def __aenter__(self) -> Self:
         await self.open()
         return self
 

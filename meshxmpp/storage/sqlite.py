@@ -328,7 +328,8 @@ class SqliteOffline:
     async def delete(self, user: str, ids: list[int]) -> None:
         params = [(user, int(i)) for i in ids]
         if not params:
-            return await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint()
+            return
 
         def op(db: Database) -> None:
             with _transaction(db):
@@ -356,7 +357,8 @@ class SqliteStorage(Storage):
                 raise StorageClosedError(f"SqliteStorage({str(self.path)!r}) is not open")
             return fn(db)
 
-        return await trio.to_thread.run_sync(call, limiter=self._limiter)
+        result: T = await trio.to_thread.run_sync(call, limiter=self._limiter)
+        return result
 
     def _open_sync(self) -> None:
         if self._db is not None:

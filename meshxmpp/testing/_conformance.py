@@ -66,12 +66,18 @@ def _creds(seed: int) -> dict[str, ScramCredentials]:
 
     return {
         "SHA-1": ScramCredentials(
-            hash_name="SHA-1", salt=blob(16, 1), iterations=4096 + seed,
-            stored_key=blob(20, 2), server_key=blob(20, 3),
+            hash_name="SHA-1",
+            salt=blob(16, 1),
+            iterations=4096 + seed,
+            stored_key=blob(20, 2),
+            server_key=blob(20, 3),
         ),
         "SHA-256": ScramCredentials(
-            hash_name="SHA-256", salt=blob(256, 4), iterations=10000 + seed,
-            stored_key=blob(32, 5), server_key=blob(32, 6),
+            hash_name="SHA-256",
+            salt=blob(256, 4),
+            iterations=10000 + seed,
+            stored_key=blob(32, 5),
+            server_key=blob(32, 6),
         ),
     }
 
@@ -138,7 +144,11 @@ async def check_credentials_round_trip(make_storage: MakeStorage) -> None:
         # one variant only, and edge values, survive as given
         odd = {
             "SHA-256": ScramCredentials(
-                hash_name="SHA-256", salt=b"\x00", iterations=1, stored_key=b"\xff" * 32, server_key=b"\x00" * 32
+                hash_name="SHA-256",
+                salt=b"\x00",
+                iterations=1,
+                stored_key=b"\xff" * 32,
+                server_key=b"\x00" * 32,
             )
         }
         assert await s.accounts.set_credentials(ALICE, odd) is True

@@ -1,0 +1,334 @@
+"""The ``meshxmpp`` command: argparse -> Config -> Node.run or a storage call. No logic of its own.
+
+Exit codes: 0 done; 1 the operation failed (user exists, no such user, storage or network error);
+2 the command line, the configuration or the input is wrong (nothing was changed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import re
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import trio
+
+from meshxmpp.config import LOG_LEVELS, Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from meshxmpp.storage.base import Storage
+
+__all__ = ["build_parser", "main"]
+
+PROG = "meshxmpp"
+T = TypeVar("T")
+
+
+class _Fail(Exception):
+    """Stop with a one-line message on stderr and an exit code."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _version() -> str:
+    try:
+        from meshxmpp import __version__  # type: ignore[attr-defined]
+
+        return str(__version__)
+    except ImportError:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("meshxmpp")
+        except PackageNotFoundError:
+            return "unknown"
+
+
+def _int_or_raw(text: str) -> int | str:
+    # Leave a non-number as it is, so the config layer rejects it naming the key (c2s.port).
+    return int(text) if re.fullmatch(r"[+-]?\d+", text.strip()) else text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --config and --log-level work before or after the command; SUPPRESS keeps a later
+    # sub-parser from overwriting a value given before the command.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", metavar="FILE", default=argparse.SUPPRESS, help="TOML configuration file (default: none)"
+    )
+    common.add_argument(
+        "--log-level",
+        metavar="LEVEL",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        default=argparse.SUPPRESS,
+        help="one of: " + ", ".join(LOG_LEVELS) + " (overrides log_level)",
+    )
+    node = argparse.ArgumentParser(add_help=False)
+    node.add_argument("--domain", metavar="D", help="domain this node serves (overrides domain)")
+    node.add_argument("--data-dir", metavar="DIR", help="data directory (overrides data_dir)")
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        parents=[common],
+        description="An XMPP server on Trio whose nodes form a peer-to-peer mesh.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("serve", parents=[common, node], help="run a node in the foreground")
+    p.add_argument("--c2s-port", metavar="N", type=_int_or_raw, help="client port (overrides c2s.port)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("adduser", parents=[common, node], help="create an account")
+    p.add_argument("jid", metavar="USER@DOMAIN")
+    p.add_argument("--password", metavar="PW", help="password (default: prompt, or one line from stdin)")
+    p.add_argument("--exist-ok", action="store_true", help="succeed, changing nothing, if the account exists")
+    p.set_defaults(func=cmd_adduser)
+
+    p = sub.add_parser("passwd", parents=[common, node], help="change an account's password")
+    p.add_argument("jid", metavar="USER@DOMAIN")
+    p.add_argument("--password", metavar="PW", help="new password (default: prompt, or one line from stdin)")
+    p.set_defaults(func=cmd_passwd)
+
+    p = sub.add_parser(
+        "deluser", parents=[common, node], help="delete an account, its roster and offline messages"
+    )
+    p.add_argument("jid", metavar="USER@DOMAIN")
+    p.set_defaults(func=cmd_deluser)
+
+    p = sub.add_parser("listusers", parents=[common, node], help="list accounts, one per line")
+    p.set_defaults(func=cmd_listusers)
+
+    p = sub.add_parser("check-config", parents=[common, node], help="validate the configuration and print OK")
+    p.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for attr, key in (
+        ("log_level", "log_level"),
+        ("domain", "domain"),
+        ("data_dir", "data_dir"),
+        ("c2s_port", "c2s.port"),
+    ):
+        value = getattr(args, attr, None)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        print(f"{PROG}: error: a command is required (try --help)", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(getattr(args, "config", None), _overrides(args))
+    except ConfigError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    from meshxmpp._logging import setup_logging
+
+    setup_logging(config.log_level)
+    func: Callable[[Config, argparse.Namespace], int] = args.func
+    try:
+        return func(config, args)
+    except _Fail as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return exc.code
+    except ConfigError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+# ------------------------------------------------------------------------------------------------
+# serve
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+    return [exc]
+
+
+def cmd_serve(config: Config, args: argparse.Namespace) -> int:
+    from meshxmpp.node import Node
+
+    try:
+        trio.run(Node(config).run)
+    except KeyboardInterrupt:
+        return 0  # Ctrl-C before the node installed its own signal handling
+    except BaseException as exc:  # noqa: B036 - sorted below, re-raised unless expected
+        leaves = _leaves(exc)
+        if all(isinstance(e, KeyboardInterrupt) for e in leaves):
+            return 0
+        if all(isinstance(e, ConfigError) for e in leaves):
+            raise leaves[0] from None
+        if all(isinstance(e, OSError) for e in leaves):
+            # Address in use, permission denied on a port below 1024, unreadable certificate...
+            raise _Fail("cannot start: " + "; ".join(str(e) for e in leaves)) from None
+        raise
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# accounts
+
+
+def _user(config: Config, text: str) -> str:
+    """The bare JID string storage uses, or a usage error."""
+    from meshxmpp.jid import JID, InvalidJID
+
+    try:
+        jid = JID.parse(text)
+    except InvalidJID as exc:
+        raise _Fail(f"invalid address {text!r}: {exc}", 2) from None
+    if jid.local is None or jid.resource is not None:
+        raise _Fail(f"expected USER@DOMAIN, got {text!r}", 2)
+    if jid.domain != config.domain:
+        raise _Fail(
+            f'this node serves "{config.domain}", not "{jid.domain}" '
+            "(set domain in the config file or pass --domain)",
+            2,
+        )
+    return str(jid.bare)
+
+
+def _read_password(confirm: bool) -> str:
+    stdin = sys.stdin
+    if stdin is None or stdin.closed:
+        raise _Fail("no password: pass --password or give it on standard input", 2)
+    if stdin.isatty():
+        try:
+            password = getpass.getpass("Password: ")
+            if confirm and getpass.getpass("Password (again): ") != password:
+                raise _Fail("passwords do not match", 2)
+        except EOFError:
+            raise _Fail("no password given", 2) from None
+    else:
+        password = stdin.readline().rstrip("\r\n")
+    if not password:
+        raise _Fail("empty password: pass --password or give it on standard input", 2)
+    return password
+
+
+def _credentials(password: str) -> Any:
+    from meshxmpp.c2s.sasl import derive_credentials
+
+    try:
+        return derive_credentials(password)
+    except ValueError as exc:
+        raise _Fail(f"password refused: {exc}", 2) from None
+
+
+def _with_storage(config: Config, op: Callable[[Storage], Awaitable[T]]) -> T:
+    """Open the configured storage, run ``op`` on it, close it."""
+    from meshxmpp.storage import open_storage
+
+    async def run() -> T:
+        storage = open_storage(config)
+        await storage.open()
+        try:
+            return await op(storage)
+        finally:
+            with trio.CancelScope(shield=True):
+                await storage.close()
+
+    try:
+        result: T = trio.run(run)
+    except Exception as exc:
+        if config.log_level == "debug":
+            raise
+        raise _Fail(
+            f"storage error: {type(exc).__name__}: {exc} (--log-level debug shows the traceback)"
+        ) from None
+    return result
+
+
+def _no_such_user(user: str) -> NoReturn:
+    raise _Fail(f"no such user: {user}")
+
+
+def cmd_adduser(config: Config, args: argparse.Namespace) -> int:
+    user = _user(config, args.jid)
+
+    async def exists(storage: Storage) -> bool:
+        return await storage.accounts.exists(user)
+
+    # Asked before prompting, so nobody types a password twice for nothing.
+    if _with_storage(config, exists):
+        return _already(user, args.exist_ok)
+    password = args.password if args.password is not None else _read_password(confirm=True)
+    creds = _credentials(password)
+
+    async def create(storage: Storage) -> bool:
+        return await storage.accounts.create(user, creds)
+
+    if not _with_storage(config, create):
+        return _already(user, args.exist_ok)
+    print(f"user {user} created")
+    return 0
+
+
+def _already(user: str, exist_ok: bool) -> int:
+    if not exist_ok:
+        raise _Fail(f"user {user} already exists (use passwd to change the password, or --exist-ok)")
+    print(f"user {user} already exists (left unchanged)")
+    return 0
+
+
+def cmd_passwd(config: Config, args: argparse.Namespace) -> int:
+    user = _user(config, args.jid)
+
+    async def exists(storage: Storage) -> bool:
+        return await storage.accounts.exists(user)
+
+    if not _with_storage(config, exists):
+        _no_such_user(user)
+    password = args.password if args.password is not None else _read_password(confirm=True)
+    creds = _credentials(password)
+
+    async def change(storage: Storage) -> bool:
+        return await storage.accounts.set_credentials(user, creds)
+
+    if not _with_storage(config, change):
+        _no_such_user(user)
+    print(f"password of {user} changed")
+    return 0
+
+
+def cmd_deluser(config: Config, args: argparse.Namespace) -> int:
+    user = _user(config, args.jid)
+
+    async def delete(storage: Storage) -> bool:
+        return await storage.accounts.delete(user)
+
+    if not _with_storage(config, delete):
+        _no_such_user(user)
+    print(f"user {user} deleted")
+    return 0
+
+
+def cmd_listusers(config: Config, args: argparse.Namespace) -> int:
+    async def users(storage: Storage) -> list[str]:
+        return await storage.accounts.list()
+
+    for user in sorted(_with_storage(config, users)):
+        print(user)
+    return 0
+
+
+def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
+    print("OK")
+    return 0

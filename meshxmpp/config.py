@@ -1,0 +1,973 @@
+"""Configuration: one tree of frozen attrs classes, loaded from TOML with cattrs.
+
+Every option has a default, so a node runs with no file at all. Each field carries its own
+documentation in ``metadata``: ``doc`` (what it means), ``expect`` (what values it accepts, used both
+in error messages and in the reference table) and an optional ``check``. ``reference_markdown()``
+renders docs/configuration.md from those, so the reference cannot drift from the code.
+
+Errors name the key: ``config error at c2s.port: must be an integer between 0 and 65535 (got "abc")``.
+Validation runs whenever a ``Config`` is built (loading, ``evolve``, direct construction), so a
+``Config`` object that exists is a valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import math
+import re
+import tomllib
+import typing
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+from cattrs.errors import (
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+)
+from cattrs.gen import make_dict_structure_fn, override
+
+from meshxmpp.jid import InvalidJID, prepare_domainpart
+
+__all__ = [
+    "C2SConfig",
+    "ComponentService",
+    "ComponentsConfig",
+    "Config",
+    "ConfigError",
+    "HTTPConfig",
+    "LOG_LEVELS",
+    "MUCConfig",
+    "MeshConfig",
+    "OFFLINE_DELIVERY",
+    "OfflineConfig",
+    "ROUTING_POLICIES",
+    "RoutingConfig",
+    "STORAGE_BACKENDS",
+    "SenderRule",
+    "StorageConfig",
+    "TLSConfig",
+    "evolve",
+    "load_config",
+    "reference_markdown",
+]
+
+ROUTING_POLICIES = ("most-available", "top-priority-all", "all-non-negative", "all-connected")
+OFFLINE_DELIVERY = ("first-resource", "all-resources")
+STORAGE_BACKENDS = ("sqlite", "memory")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+# Openfire's property names, accepted under [routing] for operators who migrate.
+ALL_RESOURCES_KEY = "route.all-resources"
+REALLY_ALL_RESOURCES_KEY = "route.really-all-resources"
+
+
+class ConfigError(Exception):
+    """A configuration problem; ``key`` is the dotted path (``"c2s.port"``), ``""`` for the file."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(key, message)
+        self.key = key
+        self.message = message
+
+    def __str__(self) -> str:
+        if self.key:
+            return f"config error at {self.key}: {self.message}"
+        return f"config error: {self.message}"
+
+
+# ---------------------------------------------------------------------------------------------
+# value checks: each returns None when fine, or the reason (used after "must be ..." is not enough)
+
+
+def _show(value: object) -> str:
+    """A value as the operator wrote it (TOML-ish), shortened."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=repr)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _in_range(lo: float, hi: float | None = None) -> Callable[[Any], bool]:
+    def ok(v: Any) -> bool:
+        return v >= lo and (hi is None or v <= hi)
+
+    return ok
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any], bool]:
+    return lambda v: v in choices
+
+
+def _choices(choices: tuple[str, ...]) -> str:
+    return "one of " + ", ".join(f'"{c}"' for c in choices)
+
+
+_HOST_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
+
+
+def is_domain(v: Any) -> bool:
+    """A DNS name (LDH or IDN labels) or an IP literal, as allowed in a JID domainpart."""
+    if not isinstance(v, str) or not v or len(v) > 253:
+        return False
+    try:
+        prepare_domainpart(v)
+    except InvalidJID:
+        return False
+    if v.startswith("[") and v.endswith("]"):
+        return _is_ip(v[1:-1], version=6)
+    if _is_ip(v, version=4):
+        return True
+    for label in v.split("."):
+        if not label.isascii():
+            try:
+                label = label.encode("idna").decode("ascii")
+            except UnicodeError:
+                continue  # IDNA2008 labels that the IDNA2003 codec refuses: prepare_domainpart accepted it
+        if not _HOST_LABEL.match(label.lower()):
+            return False
+    return True
+
+
+def _is_ip(v: str, version: int | None = None) -> bool:
+    try:
+        addr = ipaddress.ip_address(v)
+    except ValueError:
+        return False
+    return version is None or addr.version == version
+
+
+def _is_hostname(v: str) -> bool:
+    return bool(v) and len(v) <= 253 and all(_HOST_LABEL.match(lbl) for lbl in v.lower().split("."))
+
+
+def is_bind_address(v: Any) -> bool:
+    return isinstance(v, str) and (_is_ip(v) or _is_hostname(v))
+
+
+def parse_peer(v: str) -> tuple[str, int]:
+    """``"host:port"`` or ``"[v6]:port"`` -> (host, port); raises ValueError."""
+    host, sep, port_s = v.rpartition(":")
+    if not sep or not port_s.isdigit():
+        raise ValueError(v)
+    port = int(port_s)
+    if not 1 <= port <= 65535:
+        raise ValueError(v)
+    if host.startswith("[") and host.endswith("]"):
+        if not _is_ip(host[1:-1], version=6):
+            raise ValueError(v)
+        return host[1:-1], port
+    if not (_is_ip(host, version=4) or _is_hostname(host)):
+        raise ValueError(v)
+    return host, port
+
+
+def _is_peer(v: Any) -> bool:
+    try:
+        parse_peer(v)
+    except ValueError:
+        return False
+    return True
+
+
+def _normalize_domain(v: Any) -> Any:
+    # The form JIDs use (RFC 7622 3.2: lowercase, U-labels, no trailing dot), so that
+    # config.domain compares equal to JID.parse(...).domain.
+    if isinstance(v, str):
+        try:
+            return prepare_domainpart(v)
+        except InvalidJID:
+            return v  # left for is_domain to reject with the key's name
+    return v
+
+
+def _normalize_lower(v: Any) -> Any:
+    return v.lower() if isinstance(v, str) else v
+
+
+def _non_empty(v: Any) -> bool:
+    return isinstance(v, str) and v != ""
+
+
+# ---------------------------------------------------------------------------------------------
+# field helpers
+
+
+_PORT = "an integer between 0 and 65535"
+_POSITIVE = "a number of seconds greater than 0"
+_DOMAIN = 'a domain name such as "example.org"'
+_BIND = 'an IP address or host name to listen on, such as "0.0.0.0" or "::"'
+
+
+def _opt(
+    default: Any,
+    *,
+    doc: str,
+    expect: str,
+    check: Callable[[Any], bool] | None = None,
+    item_check: Callable[[Any], bool] | None = None,
+    item_expect: str | None = None,
+    key: str | None = None,
+    unset: str | None = None,
+    normalize: Callable[[Any], Any] | None = None,
+) -> Any:
+    metadata = {
+        "doc": doc,
+        "expect": expect,
+        "check": check,
+        "item_check": item_check,
+        "item_expect": item_expect,
+        "key": key,
+        "unset": unset,
+    }
+    return attrs.field(default=default, metadata=metadata, converter=normalize)
+
+
+def _required(
+    *,
+    doc: str,
+    expect: str,
+    check: Callable[[Any], bool] | None = None,
+    normalize: Callable[[Any], Any] | None = None,
+) -> Any:
+    metadata = {"doc": doc, "expect": expect, "check": check, "required": True}
+    return attrs.field(metadata=metadata, converter=normalize)
+
+
+def _table(cls: type, doc: str) -> Any:
+    return attrs.field(factory=cls, metadata={"doc": doc, "expect": "a table"})
+
+
+# ---------------------------------------------------------------------------------------------
+# the tree
+
+
+@attrs.define(frozen=True, kw_only=True)
+class C2SConfig:
+    """Client-to-server connections (RFC 6120)."""
+
+    bind: str = _opt(
+        "0.0.0.0", doc="Address the client listener binds to.", expect=_BIND, check=is_bind_address
+    )
+    port: int = _opt(
+        5222,
+        doc="Client port (STARTTLS). 0 picks a free port (tests).",
+        expect=_PORT,
+        check=_in_range(0, 65535),
+    )
+    direct_tls_port: int | None = _opt(
+        None,
+        doc="Direct TLS port (XEP-0368, usually 5223).",
+        expect=_PORT,
+        check=_in_range(0, 65535),
+        unset="unset: no direct TLS listener",
+    )
+    require_encryption: bool = _opt(
+        True,
+        doc="Clients must start TLS before authenticating; false also offers PLAIN without TLS (tests only).",
+        expect="true or false",
+    )
+    negotiation_timeout: float = _opt(
+        30.0,
+        doc="Seconds a client has from connecting to a bound resource.",
+        expect=_POSITIVE,
+        check=lambda v: v > 0,
+    )
+    idle_timeout: float = _opt(
+        600.0,
+        doc="Seconds without any input (keepalives count) before a session is closed.",
+        expect=_POSITIVE,
+        check=lambda v: v > 0,
+    )
+    write_timeout: float = _opt(
+        30.0,
+        doc="Seconds a single socket write may take before the connection is dropped.",
+        expect=_POSITIVE,
+        check=lambda v: v > 0,
+    )
+    outbox_limit: int = _opt(
+        1048576,
+        doc="Bytes queued for one slow client before it is disconnected.",
+        expect="a positive integer (bytes)",
+        check=lambda v: v > 0,
+    )
+    max_stanza_size: int = _opt(
+        262144,
+        doc="Largest stanza accepted after authentication, in bytes.",
+        expect="a positive integer (bytes)",
+        check=lambda v: v > 0,
+    )
+    max_stanza_size_preauth: int = _opt(
+        8192,
+        doc="Largest stanza accepted before authentication, in bytes.",
+        expect="a positive integer (bytes)",
+        check=lambda v: v > 0,
+    )
+    max_depth: int = _opt(
+        64,
+        doc="Deepest element nesting accepted in a stanza.",
+        expect="a positive integer",
+        check=lambda v: v > 0,
+    )
+    auth_failure_delay: float = _opt(
+        1.0,
+        doc="Seconds to wait before answering a failed authentication (slows down password guessing).",
+        expect="a number of seconds, 0 or more",
+        check=lambda v: v >= 0,
+    )
+    max_auth_attempts: int = _opt(
+        3,
+        doc="Failed authentications on one stream before it is closed.",
+        expect="a positive integer",
+        check=lambda v: v > 0,
+    )
+
+
+@attrs.define(frozen=True, kw_only=True)
+class TLSConfig:
+    """The certificate offered on STARTTLS and direct TLS."""
+
+    cert: str | None = _opt(
+        None,
+        doc="PEM certificate chain file.",
+        expect="a file path",
+        check=_non_empty,
+        unset="unset: a development certificate in data_dir, generated once",
+    )
+    key: str | None = _opt(
+        None,
+        doc="PEM private key file for `cert`.",
+        expect="a file path",
+        check=_non_empty,
+        unset="unset (set both cert and key, or neither)",
+    )
+
+
+@attrs.define(frozen=True, kw_only=True)
+class StorageConfig:
+    """Where accounts, rosters and offline messages live."""
+
+    backend: str = _opt(
+        "sqlite",
+        doc='"sqlite" (embedded, persistent) or "memory" (lost on exit; tests).',
+        expect=_choices(STORAGE_BACKENDS),
+        check=_one_of(STORAGE_BACKENDS),
+    )
+    path: str | None = _opt(
+        None,
+        doc="SQLite database file.",
+        expect="a file path",
+        check=_non_empty,
+        unset="unset: <data_dir>/meshxmpp.sqlite3",
+    )
+
+
+@attrs.define(frozen=True, kw_only=True)
+class OfflineConfig:
+    """Offline messages (XEP-0160)."""
+
+    max_per_user: int = _opt(
+        1000,
+        doc="Messages stored per user; more are bounced. 0 disables offline storage.",
+        expect="an integer, 0 or more",
+        check=lambda v: v >= 0,
+    )
+    delivery: str = _opt(
+        "first-resource",
+        doc="Who gets stored messages: the first resource to send initial presence, or every "
+        "resource that comes online before they are fetched.",
+        expect=_choices(OFFLINE_DELIVERY),
+        check=_one_of(OFFLINE_DELIVERY),
+    )
+
+
+@attrs.define(frozen=True, kw_only=True)
+class SenderRule:
+    """One `[[routing.sender]]` entry: a different policy for messages from some senders."""
+
+    match: str = _required(
+        doc='Sender pattern, e.g. "bot@example.org" or "*@bots.example.org".',
+        expect="a non-empty string",
+        check=_non_empty,
+    )
+    policy: str = _required(
+        doc="Policy for messages from matching senders.",
+        expect=_choices(ROUTING_POLICIES),
+        check=_one_of(ROUTING_POLICIES),
+    )
+
+
+@attrs.define(frozen=True, kw_only=True)
+class RoutingConfig:
+    """How a message to a bare JID picks the recipient's resources."""
+
+    policy: str = _opt(
+        "top-priority-all",
+        doc="most-available: one resource with the highest priority; top-priority-all: every resource "
+        "sharing the highest non-negative priority; all-non-negative: every resource with priority "
+        "0 or more; all-connected: every available resource.",
+        expect=_choices(ROUTING_POLICIES),
+        check=_one_of(ROUTING_POLICIES),
+    )
+    sender: tuple[SenderRule, ...] = _opt(
+        (),
+        doc="Per-sender exceptions, first match wins (see [[routing.sender]]).",
+        expect="a list of tables",
+        item_expect="a table",
+    )
+    all_resources: bool = _opt(
+        False,
+        key=ALL_RESOURCES_KEY,
+        doc='Openfire alias: true means policy = "top-priority-all".',
+        expect="true or false",
+    )
+    really_all_resources: bool = _opt(
+        False,
+        key=REALLY_ALL_RESOURCES_KEY,
+        doc='Openfire alias: true means policy = "all-non-negative" (wins over route.all-resources).',
+        expect="true or false",
+    )
+
+    def routing_dict(self) -> dict[str, Any]:
+        """What the policy engine needs, as plain data."""
+        return {
+            "policy": self.policy,
+            "sender": [{"match": r.match, "policy": r.policy} for r in self.sender],
+            ALL_RESOURCES_KEY: self.all_resources,
+            REALLY_ALL_RESOURCES_KEY: self.really_all_resources,
+        }
+
+
+@attrs.define(frozen=True, kw_only=True)
+class MUCConfig:
+    """Multi-user chat (XEP-0045); reserved for a later release."""
+
+    domain: str | None = _opt(
+        None,
+        doc='Conference domain, e.g. "conference.example.org".',
+        expect=_DOMAIN,
+        check=is_domain,
+        normalize=_normalize_domain,
+        unset="unset: no MUC service",
+    )
+
+
+@attrs.define(frozen=True, kw_only=True)
+class ComponentService:
+    """One `[[components.service]]` entry: an external component allowed to connect."""
+
+    domain: str = _required(
+        doc="The component's domain.", expect=_DOMAIN, check=is_domain, normalize=_normalize_domain
+    )
+    secret: str = _required(
+        doc="Shared secret of the XEP-0114 handshake.", expect="a non-empty string", check=_non_empty
+    )
+
+
+@attrs.define(frozen=True, kw_only=True)
+class ComponentsConfig:
+    """External components (XEP-0114); reserved for a later release."""
+
+    port: int = _opt(
+        5347,
+        doc="Component listener port (bound on loopback unless configured otherwise later).",
+        expect=_PORT,
+        check=_in_range(0, 65535),
+    )
+    service: tuple[ComponentService, ...] = _opt(
+        (),
+        doc="Allowed components (see [[components.service]]).",
+        expect="a list of tables",
+        item_expect="a table",
+    )
+
+
+@attrs.define(frozen=True, kw_only=True)
+class MeshConfig:
+    """Node-to-node links; reserved for a later release."""
+
+    bind: str = _opt(
+        "0.0.0.0", doc="Address the mesh listener binds to.", expect=_BIND, check=is_bind_address
+    )
+    port: int = _opt(5701, doc="Mesh port.", expect=_PORT, check=_in_range(0, 65535))
+    peers: tuple[str, ...] = _opt(
+        (),
+        doc='Nodes to join at start, e.g. ["10.0.0.2:5701"].',
+        expect='a list of "host:port" strings',
+        item_expect='a "host:port" string',
+        item_check=_is_peer,
+    )
+    secret: str | None = _opt(
+        None,
+        doc="Shared secret authenticating mesh links (required when peers is set).",
+        expect="a non-empty string",
+        check=_non_empty,
+        unset="unset",
+    )
+
+    def peer_addresses(self) -> list[tuple[str, int]]:
+        return [parse_peer(p) for p in self.peers]
+
+
+@attrs.define(frozen=True, kw_only=True)
+class HTTPConfig:
+    """HTTP API and metrics; reserved for a later release."""
+
+    bind: str = _opt(
+        "127.0.0.1", doc="Address the HTTP listener binds to.", expect=_BIND, check=is_bind_address
+    )
+    port: int = _opt(5280, doc="HTTP port.", expect=_PORT, check=_in_range(0, 65535))
+
+
+@attrs.define(frozen=True, kw_only=True)
+class Config:
+    """Top level: the node's identity and where it keeps its files."""
+
+    domain: str = _opt(
+        "localhost",
+        doc="The domain this node serves: users are user@domain.",
+        expect=_DOMAIN,
+        check=is_domain,
+        normalize=_normalize_domain,
+    )
+    data_dir: str = _opt(
+        "meshxmpp-data",
+        doc="Directory for the database and the development certificate; relative paths are "
+        "relative to the working directory.",
+        expect="a directory path",
+        check=_non_empty,
+    )
+    log_level: str = _opt(
+        "info",
+        doc="Least severe log records written to stderr.",
+        expect=_choices(LOG_LEVELS),
+        check=_one_of(LOG_LEVELS),
+        normalize=_normalize_lower,
+    )
+    c2s: C2SConfig = _table(C2SConfig, "Client connections.")
+    tls: TLSConfig = _table(TLSConfig, "TLS certificate.")
+    storage: StorageConfig = _table(StorageConfig, "Storage backend.")
+    offline: OfflineConfig = _table(OfflineConfig, "Offline messages.")
+    routing: RoutingConfig = _table(RoutingConfig, "Routing policy.")
+    muc: MUCConfig = _table(MUCConfig, "Multi-user chat.")
+    components: ComponentsConfig = _table(ComponentsConfig, "External components.")
+    mesh: MeshConfig = _table(MeshConfig, "Mesh links.")
+    http: HTTPConfig = _table(HTTPConfig, "HTTP API.")
+
+    def __attrs_post_init__(self) -> None:
+        _validate(self, "")
+        _cross_checks(self)
+
+    def routing_dict(self) -> dict[str, Any]:
+        """``self.routing.routing_dict()``: what the routing policy engine reads."""
+        return self.routing.routing_dict()
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def storage_path(self) -> Path:
+        """The SQLite file: ``storage.path``, or ``<data_dir>/meshxmpp.sqlite3``."""
+        if self.storage.path is not None:
+            return Path(self.storage.path)
+        return Path(self.data_dir) / "meshxmpp.sqlite3"
+
+
+_CLASSES: tuple[type, ...] = (
+    C2SConfig,
+    TLSConfig,
+    StorageConfig,
+    OfflineConfig,
+    SenderRule,
+    RoutingConfig,
+    MUCConfig,
+    ComponentService,
+    ComponentsConfig,
+    MeshConfig,
+    HTTPConfig,
+    Config,
+)
+for _cls in _CLASSES:
+    attrs.resolve_types(_cls)
+
+
+def _key(field: attrs.Attribute[Any]) -> str:
+    return typing.cast(str, field.metadata.get("key") or field.name)
+
+
+def _join(path: str, part: str | int) -> str:
+    if isinstance(part, int):
+        return f"{path}[{part}]"
+    return f"{path}.{part}" if path else part
+
+
+# ---------------------------------------------------------------------------------------------
+# validation of a built tree
+
+
+def _validate(obj: Any, path: str) -> None:
+    for field in attrs.fields(type(obj)):
+        value = getattr(obj, field.name)
+        key = _join(path, _key(field))
+        if attrs.has(type(value)):
+            _validate(value, key)
+            continue
+        if isinstance(value, tuple) and value and attrs.has(type(value[0])):
+            for i, item in enumerate(value):
+                _validate(item, _join(key, i))
+            continue
+        md = field.metadata
+        if value is None:
+            if md.get("required"):
+                raise ConfigError(key, "is required")
+            continue
+        check = md.get("check")
+        if not _type_ok(value, field.type) or (check is not None and not _check(check, value)):
+            raise ConfigError(key, f"must be {md['expect']} (got {_show(value)})")
+        item_check = md.get("item_check")
+        if item_check is not None:
+            for i, item in enumerate(value):
+                if not _check(item_check, item):
+                    raise ConfigError(_join(key, i), f"must be {md['item_expect']} (got {_show(item)})")
+
+
+def _type_ok(value: Any, t: Any) -> bool:
+    """For trees built in code (evolve, direct construction), which cattrs has not checked."""
+    if t is bool:
+        return isinstance(value, bool)
+    if t is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if t is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if t is str:
+        return isinstance(value, str)
+    args = typing.get_args(t)
+    if type(None) in args:
+        return value is None or any(_type_ok(value, a) for a in args if a is not type(None))
+    if _is_homogeneous_tuple(t):
+        return isinstance(value, tuple) and all(_type_ok(v, args[0]) for v in value)
+    if isinstance(t, type):
+        return isinstance(value, t)
+    return True
+
+
+def _check(check: Callable[[Any], bool], value: Any) -> bool:
+    try:
+        return bool(check(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _cross_checks(c: Config) -> None:
+    if (c.tls.cert is None) != (c.tls.key is None):
+        missing, given = ("tls.key", "tls.cert") if c.tls.key is None else ("tls.cert", "tls.key")
+        raise ConfigError(missing, f"must be set together with {given} (both or neither)")
+    for name in ("cert", "key"):
+        p = getattr(c.tls, name)
+        if p is not None and not Path(p).is_file():
+            raise ConfigError(f"tls.{name}", f"file not found: {p}")
+    if c.data_path.exists() and not c.data_path.is_dir():
+        raise ConfigError("data_dir", f"exists and is not a directory: {c.data_dir}")
+    if c.c2s.direct_tls_port is not None and c.c2s.direct_tls_port == c.c2s.port and c.c2s.port != 0:
+        raise ConfigError("c2s.direct_tls_port", f"must differ from c2s.port ({c.c2s.port})")
+    r = c.routing
+    implied = (
+        "all-non-negative" if r.really_all_resources else "top-priority-all" if r.all_resources else None
+    )
+    if implied is not None and r.policy != implied:
+        alias = REALLY_ALL_RESOURCES_KEY if r.really_all_resources else ALL_RESOURCES_KEY
+        raise ConfigError(
+            "routing.policy",
+            f'conflicts with {alias} = true, which means "{implied}" (got {_show(r.policy)})',
+        )
+    if c.muc.domain is not None and c.muc.domain == c.domain:
+        raise ConfigError("muc.domain", f"must differ from domain ({c.domain})")
+    seen: set[str] = {c.domain} | ({c.muc.domain} if c.muc.domain else set())
+    for i, svc in enumerate(c.components.service):
+        if svc.domain in seen:
+            raise ConfigError(
+                f"components.service[{i}].domain",
+                f"must differ from domain, muc.domain and other components (got {_show(svc.domain)})",
+            )
+        seen.add(svc.domain)
+    if c.mesh.peers and c.mesh.secret is None:
+        raise ConfigError("mesh.secret", "is required when mesh.peers is set")
+
+
+# ---------------------------------------------------------------------------------------------
+# structuring with cattrs
+
+
+class _TypeMismatch(Exception):
+    def __init__(self, value: Any, expect: str | None = None) -> None:
+        super().__init__(value)
+        self.value = value
+        self.expect = expect
+
+
+def _strict_int(v: Any, _t: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _TypeMismatch(v)
+    return v
+
+
+def _strict_float(v: Any, _t: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise _TypeMismatch(v)
+    return float(v)
+
+
+def _strict_str(v: Any, _t: Any) -> str:
+    if not isinstance(v, str):
+        raise _TypeMismatch(v)
+    return v
+
+
+def _strict_bool(v: Any, _t: Any) -> bool:
+    if not isinstance(v, bool):
+        raise _TypeMismatch(v)
+    return v
+
+
+def _is_homogeneous_tuple(t: Any) -> bool:
+    args = typing.get_args(t)
+    return typing.get_origin(t) is tuple and len(args) == 2 and args[1] is Ellipsis
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    conv.register_structure_hook(int, _strict_int)
+    conv.register_structure_hook(float, _strict_float)
+    conv.register_structure_hook(str, _strict_str)
+    conv.register_structure_hook(bool, _strict_bool)
+
+    def structure_tuple(v: Any, t: Any) -> tuple[Any, ...]:
+        if not isinstance(v, list | tuple):
+            raise _TypeMismatch(v)
+        item_type: Any = list[typing.get_args(t)[0]]  # type: ignore[misc]
+        return tuple(conv.structure(list(v), item_type))
+
+    conv.register_structure_hook_func(_is_homogeneous_tuple, structure_tuple)
+
+    for cls in _CLASSES:
+        renames: dict[str, Any] = {
+            f.name: override(rename=f.metadata["key"]) for f in attrs.fields(cls) if f.metadata.get("key")
+        }
+        inner: Callable[[Any, Any], Any] = make_dict_structure_fn(
+            cls, conv, _cattrs_forbid_extra_keys=True, **renames
+        )
+
+        def hook(v: Any, t: Any, inner: Callable[[Any, Any], Any] = inner) -> Any:
+            if not isinstance(v, Mapping):
+                raise _TypeMismatch(v, "a table")
+            return inner(v, t)
+
+        conv.register_structure_hook(cls, hook)
+    return conv
+
+
+_converter = _make_converter()
+
+
+def _first_error(
+    exc: BaseException, path: str, field: attrs.Attribute[Any] | None, item: bool = False
+) -> ConfigError:
+    """Turn the first leaf of a cattrs error tree into a ConfigError naming the key."""
+    if isinstance(exc, ConfigError):
+        return exc
+    if isinstance(exc, ClassValidationError):
+        with_notes, without = exc.group_exceptions()
+        fields = attrs.fields_dict(exc.cl)
+        # Report in the order the fields are declared; errors from __init__ (no note) come last.
+        for sub, note in with_notes:
+            f = fields[note.name]
+            return _first_error(sub, _join(path, _key(f)), f)
+        for sub in without:
+            return _first_error(sub, path, None)
+    if isinstance(exc, IterableValidationError):
+        with_inotes, without_i = exc.group_exceptions()
+        for sub, inote in with_inotes:
+            return _first_error(sub, _join(path, inote.index), field, item=True)
+        for sub in without_i:
+            return _first_error(sub, path, field, item=True)
+    if isinstance(exc, ForbiddenExtraKeysError):
+        valid = [_key(f) for f in attrs.fields(exc.cl)]
+        extra = sorted(exc.extra_fields)[0]
+        hint = difflib.get_close_matches(extra, valid, n=1)
+        more = f'; did you mean "{hint[0]}"?' if hint else f" (valid keys: {', '.join(valid)})"
+        return ConfigError(_join(path, extra), "unknown key" + more)
+    if isinstance(exc, _TypeMismatch):
+        expect = exc.expect
+        if expect is None and field is not None:
+            expect = field.metadata.get("item_expect" if item else "expect")
+        return ConfigError(path, f"must be {expect or 'a different type'} (got {_show(exc.value)})")
+    if isinstance(exc, KeyError):
+        return ConfigError(path, "is required")
+    return ConfigError(path, str(exc) or type(exc).__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def _expand_dotted(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """{"c2s.port": 1} -> {"c2s": {"port": 1}}."""
+    out: dict[str, Any] = {}
+    for dotted, value in overrides.items():
+        *parents, last = dotted.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        value = _expand_dotted(value) if isinstance(value, Mapping) else value
+        if isinstance(value, dict) and isinstance(node.get(last), dict):
+            value = _merge(node[last], value)
+        node[last] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _merge(dict(out[k]), v)
+        else:
+            out[k] = v
+    return out
+
+
+def _prepare_routing(raw: dict[str, Any]) -> None:
+    """Openfire aliases: accept the dotted form, map them onto ``policy``."""
+    routing = raw.get("routing")
+    if not isinstance(routing, dict):
+        return
+    routing = raw["routing"] = dict(routing)
+    nested = routing.get("route")
+    if isinstance(nested, dict):
+        # `route.all-resources = true` (unquoted) is a TOML dotted key: {"route": {"all-resources": true}}.
+        del routing["route"]
+        for k, v in nested.items():
+            full = f"route.{k}"
+            if full in routing:
+                raise ConfigError(f"routing.{full}", "given twice")
+            routing[full] = v
+    really = routing.get(REALLY_ALL_RESOURCES_KEY)
+    allres = routing.get(ALL_RESOURCES_KEY)
+    implied = "all-non-negative" if really is True else "top-priority-all" if allres is True else None
+    if implied is None:
+        return
+    alias = REALLY_ALL_RESOURCES_KEY if really is True else ALL_RESOURCES_KEY
+    if "policy" in routing and routing["policy"] != implied:
+        raise ConfigError(
+            "routing.policy",
+            f'conflicts with {alias} = true, which means "{implied}" (got {_show(routing["policy"])})',
+        )
+    routing["policy"] = implied
+
+
+def config_from_dict(raw: Mapping[str, Any]) -> Config:
+    """Structure plain data (as TOML gives it) into a validated Config."""
+    data = dict(raw)
+    _prepare_routing(data)
+    try:
+        return _converter.structure(data, Config)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise _first_error(exc, "", None) from None
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read ``path`` (TOML; None: no file, all defaults), apply ``overrides`` and validate.
+
+    ``overrides`` is nested ({"c2s": {"port": 0}}) or dotted ({"c2s.port": 0}) and wins over the file.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError("", f"cannot read {path}: {exc.strerror or exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("", f"{path} is not valid TOML: {exc}") from None
+    if overrides:
+        raw = _merge(raw, _expand_dotted(overrides))
+    return config_from_dict(raw)
+
+
+def evolve(config: Config, **changes: Any) -> Config:
+    """A copy with changes, validated. A dict value changes fields of that table:
+    ``evolve(cfg, domain="example.org", c2s={"port": 0}, storage={"backend": "memory"})``."""
+    resolved: dict[str, Any] = {}
+    for name, value in changes.items():
+        current = getattr(config, name)
+        if isinstance(value, Mapping) and attrs.has(type(current)):
+            value = attrs.evolve(current, **value)
+        resolved[name] = value
+    return attrs.evolve(config, **resolved)
+
+
+# ---------------------------------------------------------------------------------------------
+# reference documentation
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return str(value)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _sections(cls: type, prefix: str, array: bool = False) -> list[tuple[str, type, bool]]:
+    out = [(prefix, cls, array)]
+    for f in attrs.fields(cls):
+        if attrs.has(f.type):
+            out += _sections(f.type, _join(prefix, _key(f)))
+        elif _is_homogeneous_tuple(f.type) and attrs.has(typing.get_args(f.type)[0]):
+            out += _sections(typing.get_args(f.type)[0], _join(prefix, _key(f)), array=True)
+    return out
+
+
+def reference_markdown() -> str:
+    """The configuration reference (docs/configuration.md embeds this verbatim; a test checks it)."""
+    lines: list[str] = []
+    for prefix, cls, array in _sections(Config, ""):
+        if not prefix:
+            heading = "Top level"
+        elif array:
+            heading = f"`[[{prefix}]]` (list of tables)"
+        else:
+            heading = f"`[{prefix}]`"
+        lines += [f"### {heading}", "", _cell((cls.__doc__ or "").strip()), ""]
+        lines += ["| Key | Value | Default | Meaning |", "|---|---|---|---|"]
+        for f in attrs.fields(cls):
+            if attrs.has(f.type):
+                continue  # a table of its own, documented in its section
+            md = f.metadata
+            if md.get("required"):
+                default = "required"
+            elif f.default is None:
+                default = md.get("unset") or "unset"
+            else:
+                default = f"`{_toml_value(f.default)}`"
+            name = _key(f)
+            key = f'`"{name}"`' if "." in name else f"`{name}`"
+            lines.append(f"| {key} | {_cell(md['expect'])} | {_cell(default)} | {_cell(md['doc'])} |")
+        lines.append("")
+    return "\n".join(lines)
