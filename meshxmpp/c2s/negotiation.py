@@ -130,7 +130,7 @@ PEER_INPUTS: frozenset[Input] = frozenset(
     }
 )
 
-S, I = State, Input
+S, In = State, Input
 
 # States in which the peer may speak; each accepts the peer's close and stream error.
 _LISTENING = (
@@ -148,38 +148,38 @@ _LISTENING = (
 #: (state, input) -> next state. The whole machine; nothing else changes ``Negotiation.state``.
 TRANSITIONS: dict[tuple[State, Input], State] = {
     # stream headers: the initial one and the two restarts
-    (S.STREAM_START, I.HEADER): S.OPENED,
-    (S.TLS_RESTART, I.HEADER): S.OPENED,
-    (S.AUTH_RESTART, I.HEADER): S.OPENED,
-    (S.OPENED, I.OFFER_TLS_REQUIRED): S.TLS_REQUIRED,
-    (S.OPENED, I.OFFER_TLS_OR_AUTH): S.TLS_OR_AUTH,
-    (S.OPENED, I.OFFER_AUTH): S.AUTH,
-    (S.OPENED, I.OFFER_BIND): S.BIND,
+    (S.STREAM_START, In.HEADER): S.OPENED,
+    (S.TLS_RESTART, In.HEADER): S.OPENED,
+    (S.AUTH_RESTART, In.HEADER): S.OPENED,
+    (S.OPENED, In.OFFER_TLS_REQUIRED): S.TLS_REQUIRED,
+    (S.OPENED, In.OFFER_TLS_OR_AUTH): S.TLS_OR_AUTH,
+    (S.OPENED, In.OFFER_AUTH): S.AUTH,
+    (S.OPENED, In.OFFER_BIND): S.BIND,
     # STARTTLS (RFC 6120 section 5)
-    (S.TLS_REQUIRED, I.STARTTLS): S.TLS_HANDSHAKE,
-    (S.TLS_OR_AUTH, I.STARTTLS): S.TLS_HANDSHAKE,
-    (S.TLS_HANDSHAKE, I.TLS_DONE): S.TLS_RESTART,
+    (S.TLS_REQUIRED, In.STARTTLS): S.TLS_HANDSHAKE,
+    (S.TLS_OR_AUTH, In.STARTTLS): S.TLS_HANDSHAKE,
+    (S.TLS_HANDSHAKE, In.TLS_DONE): S.TLS_RESTART,
     # <auth/> while TLS is still required: <failure><encryption-required/></failure>
-    (S.TLS_REQUIRED, I.AUTH): S.TLS_REQUIRED,
+    (S.TLS_REQUIRED, In.AUTH): S.TLS_REQUIRED,
     # SASL (RFC 6120 section 6)
-    (S.TLS_OR_AUTH, I.AUTH): S.SASL,
-    (S.AUTH, I.AUTH): S.SASL,
-    (S.SASL_CHALLENGED, I.RESPONSE): S.SASL,
-    (S.SASL_CHALLENGED, I.ABORT): S.AUTH,
-    (S.SASL_CREDENTIALS, I.CREDENTIALS): S.SASL,
-    (S.SASL, I.CHALLENGE): S.SASL_CHALLENGED,
-    (S.SASL, I.NEED_CREDENTIALS): S.SASL_CREDENTIALS,
-    (S.SASL, I.SUCCESS): S.AUTH_RESTART,
-    (S.SASL, I.FAILURE): S.AUTH,
+    (S.TLS_OR_AUTH, In.AUTH): S.SASL,
+    (S.AUTH, In.AUTH): S.SASL,
+    (S.SASL_CHALLENGED, In.RESPONSE): S.SASL,
+    (S.SASL_CHALLENGED, In.ABORT): S.AUTH,
+    (S.SASL_CREDENTIALS, In.CREDENTIALS): S.SASL,
+    (S.SASL, In.CHALLENGE): S.SASL_CHALLENGED,
+    (S.SASL, In.NEED_CREDENTIALS): S.SASL_CREDENTIALS,
+    (S.SASL, In.SUCCESS): S.AUTH_RESTART,
+    (S.SASL, In.FAILURE): S.AUTH,
     # resource binding (RFC 6120 section 7) and the legacy session (RFC 3921 section 3)
-    (S.BIND, I.BIND): S.BINDING,
-    (S.BINDING, I.BIND_OK): S.BOUND,
-    (S.BINDING, I.BIND_REJECTED): S.BIND,
-    (S.BOUND, I.SESSION): S.BOUND,
-    (S.BOUND, I.STANZA): S.BOUND,
+    (S.BIND, In.BIND): S.BINDING,
+    (S.BINDING, In.BIND_OK): S.BOUND,
+    (S.BINDING, In.BIND_REJECTED): S.BIND,
+    (S.BOUND, In.SESSION): S.BOUND,
+    (S.BOUND, In.STANZA): S.BOUND,
     # the peer ends the stream
-    **{(s, I.CLOSE): S.CLOSED for s in _LISTENING},
-    **{(s, I.STREAM_ERROR): S.CLOSED for s in _LISTENING},
+    **{(s, In.CLOSE): S.CLOSED for s in _LISTENING},
+    **{(s, In.STREAM_ERROR): S.CLOSED for s in _LISTENING},
 }
 
 _AUTHENTICATED_STATES = frozenset({S.AUTH_RESTART, S.BIND, S.BINDING, S.BOUND})
@@ -257,11 +257,11 @@ Effect = Send | StartTLS | NeedCredentials | AuthSucceeded | AuthFailed | Bind |
 # ------------------------------------------------------------------------------------ classifier
 
 _ELEMENT_INPUTS: dict[tuple[str | None, str], Input] = {
-    (ns.STREAMS, "error"): I.STREAM_ERROR,
-    (ns.TLS, "starttls"): I.STARTTLS,
-    (ns.SASL, "auth"): I.AUTH,
-    (ns.SASL, "response"): I.RESPONSE,
-    (ns.SASL, "abort"): I.ABORT,
+    (ns.STREAMS, "error"): In.STREAM_ERROR,
+    (ns.TLS, "starttls"): In.STARTTLS,
+    (ns.SASL, "auth"): In.AUTH,
+    (ns.SASL, "response"): In.RESPONSE,
+    (ns.SASL, "abort"): In.ABORT,
 }
 _STANZA_NAMES = frozenset({"message", "presence", "iq"})
 
@@ -269,33 +269,33 @@ _STANZA_NAMES = frozenset({"message", "presence", "iq"})
 def classify(event: XmlEvent) -> Input:
     """The peer input an XmlEvent stands for."""
     if isinstance(event, StreamOpened):
-        return I.HEADER
+        return In.HEADER
     if isinstance(event, StreamClosed):
-        return I.CLOSE
+        return In.CLOSE
     el = event.element
     found = _ELEMENT_INPUTS.get((el.ns, el.name))
     if found is not None:
         return found
     if el.ns != ns.CLIENT or el.name not in _STANZA_NAMES:
-        return I.UNKNOWN
+        return In.UNKNOWN
     if el.name == "iq" and el.get("type") == "set":
         payload = [c for c in el.children if isinstance(c, Element)]
         if len(payload) == 1:
             child = payload[0]
             if child.name == "bind" and child.ns == ns.BIND:
-                return I.BIND
+                return In.BIND
             if child.name == "session" and child.ns == ns.SESSION:
-                return I.SESSION
-    return I.STANZA
+                return In.SESSION
+    return In.STANZA
 
 
 def _condition_for(state: State, inp: Input) -> str:
     """The stream error for a (state, input) pair that is not in the table."""
     if inp not in PEER_INPUTS:
         return "internal-server-error"  # the glue misused the API
-    if inp is I.UNKNOWN:
+    if inp is In.UNKNOWN:
         return "unsupported-stanza-type"
-    if inp in (I.STANZA, I.BIND, I.SESSION) and state not in (S.BOUND, S.CLOSED):
+    if inp in (In.STANZA, In.BIND, In.SESSION) and state not in (S.BOUND, S.CLOSED):
         # RFC 6120 4.9.3.12: stanzas before the stream is authenticated (and bound)
         return "not-authorized"
     return "policy-violation"
@@ -349,7 +349,6 @@ class Negotiation:
         self.jid: JID | None = None  # full JID once bound
         self._header_sent = False
         self._mech: sasl.ServerMechanism | None = None
-        self._mech_name: str | None = None
         self._sasl_username: str | None = None
         self._out: list[Effect] = []
 
@@ -380,7 +379,7 @@ class Negotiation:
         """The glue finished the TLS handshake: expect the header of the encrypted stream."""
         self._out = []
         try:
-            self._advance(I.TLS_DONE)
+            self._advance(In.TLS_DONE)
             self.encrypted = True
         except StreamError as err:
             self._fail(err)
@@ -390,7 +389,7 @@ class Negotiation:
         """Answer ``NeedCredentials``; ``None`` for an unknown user (fails like a wrong password)."""
         self._out = []
         try:
-            self._advance(I.CREDENTIALS)
+            self._advance(In.CREDENTIALS)
             assert self._mech is not None
             self._sasl_result(self._mech.provide(dict(creds) if creds is not None else None))
         except StreamError as err:
@@ -421,6 +420,11 @@ class Negotiation:
             self._header_sent = True
         self._out.append(Close(err.condition, err.text))
 
+    def _restarting(self) -> None:
+        # The next stream is a new one: it gets a new id (RFC 6120 4.7.3) and a new header.
+        self._header_sent = False
+        self.stream_id = self._new_stream_id()
+
     def _send(self, data: bytes) -> None:
         self._out.append(Send(data))
 
@@ -430,31 +434,31 @@ class Negotiation:
     # ------------------------------------------------------------------ handlers
 
     def _handle(self, inp: Input, event: XmlEvent) -> None:
-        if inp is I.HEADER:
+        if inp is In.HEADER:
             assert isinstance(event, StreamOpened)
             self._on_header(event)
-        elif inp in (I.CLOSE, I.STREAM_ERROR):
+        elif inp in (In.CLOSE, In.STREAM_ERROR):
             self._mech = None
             self._out.append(Close())
-        elif inp is I.STARTTLS:
-            self._header_sent = False
+        elif inp is In.STARTTLS:
+            self._restarting()
             self._send_el(Element("proceed", ns.TLS))
             self._out.append(StartTLS())
         else:
             assert isinstance(event, StanzaReceived)
             el = event.element
-            if inp is I.AUTH:
+            if inp is In.AUTH:
                 self._on_auth(el)
-            elif inp is I.RESPONSE:
+            elif inp is In.RESPONSE:
                 self._on_response(el)
-            elif inp is I.ABORT:
+            elif inp is In.ABORT:
                 self._mech = None
                 self._auth_failed("aborted")
-            elif inp is I.BIND:
+            elif inp is In.BIND:
                 self._on_bind(el)
-            elif inp is I.SESSION:
+            elif inp is In.SESSION:
                 self._send_el(Element("iq", ns.CLIENT, _result_attrs(el)))
-            elif inp is I.STANZA:
+            elif inp is In.STANZA:
                 self._out.append(Stanza(el))
 
     def _on_header(self, opened: StreamOpened) -> None:
@@ -476,21 +480,21 @@ class Negotiation:
 
         features = Element("features", ns.STREAMS)
         if self.user is not None:
-            self._advance(I.OFFER_BIND)
+            self._advance(In.OFFER_BIND)
             features.add("bind", ns.BIND)
             features.add("session", ns.SESSION).add("optional", ns.SESSION)
         elif not self.encrypted and self.tls_available:
             starttls = features.add("starttls", ns.TLS)
             if self.require_encryption:
                 starttls.add("required", ns.TLS)
-                self._advance(I.OFFER_TLS_REQUIRED)
+                self._advance(In.OFFER_TLS_REQUIRED)
             else:
-                self._advance(I.OFFER_TLS_OR_AUTH)
+                self._advance(In.OFFER_TLS_OR_AUTH)
                 _add_mechanisms(features, self.mechanisms())
         else:
             if not self.encrypted and self.require_encryption:
                 raise StreamError("policy-violation", "encryption is required but TLS is not configured")
-            self._advance(I.OFFER_AUTH)
+            self._advance(In.OFFER_AUTH)
             _add_mechanisms(features, self.mechanisms())
         self._send(_features_bytes(features))
 
@@ -510,15 +514,14 @@ class Negotiation:
             return
         name = el.get("mechanism")
         if name is None or name not in self.mechanisms():
-            self._advance(I.FAILURE)
+            self._advance(In.FAILURE)
             self._auth_failed("invalid-mechanism")
             return
         data = _decode(el.text)
         if data is None:
-            self._advance(I.FAILURE)
+            self._advance(In.FAILURE)
             self._auth_failed("incorrect-encoding")
             return
-        self._mech_name = name
         self._sasl_username = None
         self._mech = sasl.server_mechanism(
             name, nonce=self._nonce(), fake_salt_key=self._fake_salt_key, domain=self.domain
@@ -531,7 +534,7 @@ class Negotiation:
         data = _decode(el.text)
         if data is None:
             self._mech = None
-            self._advance(I.FAILURE)
+            self._advance(In.FAILURE)
             self._auth_failed("incorrect-encoding")
             return
         assert self._mech is not None
@@ -539,30 +542,30 @@ class Negotiation:
 
     def _sasl_result(self, result: object) -> None:
         if isinstance(result, sasl.NeedCredentials):
-            self._advance(I.NEED_CREDENTIALS)
+            self._advance(In.NEED_CREDENTIALS)
             self._sasl_username = result.username
             self._out.append(NeedCredentials(result.username))
         elif isinstance(result, sasl.Success):
             user = self._user_jid(result.username)
             if user is None:  # cannot happen with credentials from storage; fail closed
-                self._advance(I.FAILURE)
+                self._advance(In.FAILURE)
                 self._auth_failed("not-authorized")
                 return
-            self._advance(I.SUCCESS)
+            self._advance(In.SUCCESS)
             self._mech = None
             self.user = user
-            self._header_sent = False  # RFC 6120 6.4.6: the stream restarts
+            self._restarting()  # RFC 6120 6.4.6
             success = Element("success", ns.SASL)
             if result.additional:
                 success.append(base64.b64encode(result.additional).decode("ascii"))
             self._send_el(success)
             self._out.append(AuthSucceeded(user.local or "", user))
         elif isinstance(result, sasl.Failure):
-            self._advance(I.FAILURE)
+            self._advance(In.FAILURE)
             self._mech = None
             self._auth_failed(result.condition, result.text)
         elif isinstance(result, (bytes, bytearray)):  # sasl.Challenge is a bytes subclass
-            self._advance(I.CHALLENGE)
+            self._advance(In.CHALLENGE)
             challenge = Element("challenge", ns.SASL)
             if result:
                 challenge.append(base64.b64encode(bytes(result)).decode("ascii"))
@@ -605,10 +608,10 @@ class Negotiation:
             else:
                 jid = self.user.with_resource(self._new_resource())
         except InvalidJID:
-            self._advance(I.BIND_REJECTED)
+            self._advance(In.BIND_REJECTED)
             self._send_el(el.error_reply("modify", "bad-request", "invalid resource"))
             return
-        self._advance(I.BIND_OK)
+        self._advance(In.BIND_OK)
         self.jid = jid
         result = Element("iq", ns.CLIENT, _result_attrs(el))
         result.add("bind", ns.BIND).add("jid", ns.BIND, text=str(jid))
@@ -629,6 +632,7 @@ class Negotiation:
 
 
 # ------------------------------------------------------------------------------------- helpers
+
 
 def _decode(text: str) -> bytes | None:
     """SASL payload: '' (no data) and '=' (zero-length data) -> b"", else strict base64 (RFC 4648

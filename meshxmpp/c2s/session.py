@@ -137,6 +137,11 @@ class Session:
         self.last_activity = now
 
     @property
+    def aborted(self) -> bool:
+        """Closed without a clean end of stream (peer gone, slow consumer, write failure)."""
+        return self._aborted
+
+    @property
     def jid_str(self) -> str:
         """``str(self.jid)``, computed once: the listener stamps it on every stanza."""
         return self._jid_str
