@@ -187,8 +187,8 @@ def rule_cell(decisions: Sequence[p.Decision], policies: Sequence[str] = p.POLIC
     names = [d.rule for d in decisions]
     if len(set(names)) == 1:
         rules = names[:1]
-    elif len(names) == len(policies) and all(n.endswith(pol) for n, pol in zip(names, policies)) and \
-            len(stems := {n[: -len(pol)] for n, pol in zip(names, policies)}) == 1:
+    elif len(names) == len(policies) and all(n.endswith(pol) for n, pol in zip(names, policies, strict=True)) and \
+            len(stems := {n[: -len(pol)] for n, pol in zip(names, policies, strict=True)}) == 1:
         rules = [stems.pop() + "{policy}"]
     else:
         rules = list(dict.fromkeys(names))
@@ -236,7 +236,7 @@ def render_sent() -> str:
     rows = []
     for row_id, label, sender, facts in SENT_ROWS:
         d = p.decide_sent_carbons(facts, sessions, sender)
-        copies = ", ".join(str(a.jid.resource) for a in d.actions) or "none"
+        copies = ", ".join(str(a.jid.resource) for a in d.actions if isinstance(a, p.DeliverCarbon)) or "none"
         rows.append([row_id, label, copies, f"`{d.rule}`"])
     return _table(["row", "bob sends", "`<sent/>` copies (all five; laptop, bot, desk have carbons)", "rule"],
                   rows)

@@ -32,13 +32,10 @@ PRESENCE_TYPES = frozenset(
 )
 IQ_TYPES = frozenset({"get", "set", "result", "error"})
 
-# TODO(ns): move to meshxmpp/xml/ns.py (owned elsewhere) as CHATSTATES / MUC_USER.
-_CHATSTATES = "http://jabber.org/protocol/chatstates"
-_MUC_USER = "http://jabber.org/protocol/muc#user"
 # Children that say something about the message rather than being its content (XEP-0160 asks
 # whether a message carries "only chat state content").
 _METADATA_NS = frozenset({ns.HINTS, ns.STANZA_ID, ns.DELAY})
-_STANZA_NS = frozenset({None, ns.CLIENT, "jabber:server", ns.COMPONENT})
+_STANZA_NS = frozenset({None, ns.CLIENT, ns.SERVER, ns.COMPONENT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,9 +131,9 @@ def facts_from_element(el: Element, to: JID | None = None, sender: JID | None = 
                 private = True
             else:  # <received/> or <sent/>: already a carbon, never copied again
                 wrapped = True
-        elif cns == _CHATSTATES:
+        elif cns == ns.CHATSTATES:
             chat_state = True
-        elif cns == _MUC_USER:
+        elif cns == ns.MUC_USER:
             wrapped = content = True
         elif cns not in _METADATA_NS:
             content = True

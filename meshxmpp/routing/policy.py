@@ -23,9 +23,10 @@ from meshxmpp.jid import JID, InvalidJID
 from meshxmpp.routing.facts import StanzaFacts
 
 __all__ = [
-    "DEFAULT_POLICY", "OPTIONS", "POLICIES", "RULES", "Action", "Bounce", "Decision", "Deliver",
-    "DeliverCarbon", "Drop", "Option", "PolicyConfig", "RoutingConfigError", "Rule", "SenderPolicy",
-    "SessionLike", "SessionView", "StoreOffline", "decide", "decide_sent_carbons", "explain",
+    "BARE", "DEFAULT_POLICY", "FULL", "OPTIONS", "POLICIES", "RULES", "RULES_BY_NAME", "SHOW_RANK", "Action",
+    "Bounce", "Decision", "Deliver", "DeliverCarbon", "Drop", "Option", "PolicyConfig", "RoutingConfigError",
+    "Rule", "SenderPolicy", "SessionLike", "SessionView", "StoreOffline", "decide", "decide_sent_carbons",
+    "explain", "most_available", "select",
 ]
 
 POLICIES = ("most-available", "top-priority-all", "all-non-negative", "all-connected")
@@ -238,8 +239,9 @@ _OPTION_KEYS = frozenset(o.key for o in OPTIONS)
 
 @dataclass(frozen=True, slots=True)
 class SenderPolicy:
-    """`[[routing.sender]]`: ``match`` is a domain (``servicex.example.org``), a wildcard
-    (``*.example.org``: subdomains only) or a bare JID (``bot@example.org``)."""
+    """`[[routing.sender]]`: ``match`` is a domain (``servicex.example.org``: the domain itself and
+    every account on it; ``*@servicex.example.org`` means the same), a wildcard (``*.example.org``:
+    subdomains only) or a bare JID (``bot@example.org``)."""
 
     match: str
     policy: str
@@ -274,13 +276,15 @@ class PolicyConfig:
             if rule.policy not in POLICIES:
                 raise RoutingConfigError(f"{key}.policy", f"{rule.policy!r} is not one of {list(POLICIES)}")
             match = rule.match
+            if isinstance(match, str) and match.startswith("*@"):
+                match = match[2:]
             wildcard = isinstance(match, str) and match.startswith("*.")
             try:
                 jid = JID.parse(match[2:] if wildcard else match)
             except (InvalidJID, TypeError, AttributeError):
                 jid = None
             if jid is None or jid.resource is not None or (wildcard and jid.local is not None):
-                raise RoutingConfigError(f"{key}.match", f"{match!r} is not a domain, *.domain or bare JID")
+                raise RoutingConfigError(f"{key}.match", f"{rule.match!r} is not a domain, *.domain or bare JID")
             if wildcard:
                 suffixes.append(("." + jid.domain, rule.policy))
             elif jid.local is None:
@@ -313,8 +317,9 @@ class PolicyConfig:
     def from_routing_config(cls, routing: Mapping[str, Any] | None) -> PolicyConfig:
         """Build from the ``[routing]`` table: ``policy``, ``sender`` (list of {match, policy}), the
         `OPTIONS` keys, and the Openfire aliases ``route.all-resources`` / ``route.really-all-resources``
-        (also accepted as an unquoted TOML dotted key, i.e. a nested ``route`` table). An alias decides
-        the policy; an explicit non-default ``policy`` that contradicts it is an error."""
+        (also accepted as an unquoted TOML dotted key, i.e. a nested ``route`` table). An alias set to
+        true decides the policy (false changes nothing); an explicit non-default ``policy`` that
+        contradicts it is an error."""
         d = dict(routing or {})
         route = d.pop("route", None)
         if route is not None:
@@ -331,19 +336,24 @@ class PolicyConfig:
         policy = d.pop("policy", None)
         if policy is not None and not isinstance(policy, str):
             raise RoutingConfigError("routing.policy", f"expected one of {list(POLICIES)}")
+        # Only `true` means something: the config module passes both keys, false when unset.
         implied, alias = None, ""
         if aliases["route.really-all-resources"]:  # Openfire checks this one first
             implied, alias = "all-non-negative", "route.really-all-resources"
-        elif aliases["route.all-resources"] is not None:
-            alias = "route.all-resources"
-            implied = "top-priority-all" if aliases[alias] else "most-available"
+        elif aliases["route.all-resources"]:
+            implied, alias = "top-priority-all", "route.all-resources"
         if implied is not None:
             if policy not in (None, DEFAULT_POLICY, implied):
-                raise RoutingConfigError("routing.policy", f"{policy!r} contradicts {alias} = "
-                                         f"{str(aliases[alias]).lower()}, which means {implied!r}")
+                raise RoutingConfigError("routing.policy", f"{policy!r} contradicts {alias} = true, "
+                                         f"which means {implied!r}")
             policy = implied
         senders = []
-        for i, entry in enumerate(d.pop("sender", None) or ()):
+        entries = d.pop("sender", None)
+        if entries is None:
+            entries = ()
+        elif isinstance(entries, str | bytes | Mapping) or not isinstance(entries, Sequence):
+            raise RoutingConfigError("routing.sender", "expected a list of [[routing.sender]] tables")
+        for i, entry in enumerate(entries):
             key = f"routing.sender[{i}]"
             if not isinstance(entry, Mapping):
                 raise RoutingConfigError(key, "expected a table with match and policy")
@@ -357,7 +367,7 @@ class PolicyConfig:
         for key in d:
             if key not in _OPTION_KEYS:
                 raise RoutingConfigError(f"routing.{key}", "unknown key")
-        return cls(policy=policy or DEFAULT_POLICY, sender=tuple(senders), **d)
+        return cls(policy=DEFAULT_POLICY if policy is None else policy, sender=tuple(senders), **d)
 
 
 # -- deciding -------------------------------------------------------------------------------------
@@ -373,7 +383,7 @@ def _fixed(action: Action, rule: str) -> Decision:
     return Decision((action,), rule)
 
 
-ERROR_IGNORED = _fixed(_DROP, "message/error-ignored")
+_ERROR_IGNORED = _fixed(_DROP, "message/error-ignored")
 _GROUPCHAT_REJECTED = _fixed(_UNAVAILABLE, "message/bare/groupchat-rejected")
 _HEADLINE_IGNORED = _fixed(_DROP, "message/bare/headline-ignored")
 _ABSENT = {"bounce": _fixed(_UNAVAILABLE, "message/full-absent/bounce"),
@@ -401,7 +411,7 @@ _NEGATIVE = {"store": "message/negative-only/store", "bounce": "message/negative
 _OFFLINE = {"store": "message/offline/store", "bounce": "message/offline/bounce"}
 
 #: Openfire's order: chat > available (no show) > away > xa > dnd; unknown values rank as available.
-SHOW_RANK = {"chat": 4, None: 3, "away": 2, "xa": 1, "dnd": 0}
+SHOW_RANK: Mapping[str | None, int] = {"chat": 4, None: 3, "away": 2, "xa": 1, "dnd": 0}
 
 
 def most_available(sessions: Sequence[SessionLike]) -> SessionLike | None:
@@ -541,12 +551,12 @@ _PRESENCE_SUBSCRIPTIONS: dict[str, Handler] = {
 
 #: Bare JID: (kind, type) -> handler. Subscription presence and probes are about the account, so
 #: they are handled the same for a bare and a full JID (RFC 6121 3, 4.3).
-BARE: dict[tuple[str, str], Handler] = {
+BARE: Mapping[tuple[str, str], Handler] = {
     ("message", "chat"): lambda f, ss, t, c: _bare_chat(f, ss, c),
     ("message", "normal"): lambda f, ss, t, c: _bare_chat(f, ss, c),
     ("message", "headline"): lambda f, ss, t, c: _bare_headline(f, ss, c),
     ("message", "groupchat"): _const(_GROUPCHAT_REJECTED),
-    ("message", "error"): _const(ERROR_IGNORED),
+    ("message", "error"): _const(_ERROR_IGNORED),
     ("presence", "available"): _BROADCAST,
     ("presence", "unavailable"): _BROADCAST,
     ("presence", "error"): _BROADCAST,
@@ -558,12 +568,12 @@ BARE: dict[tuple[str, str], Handler] = {
 }
 
 #: Full JID, called with the matching session (or None when that resource is not bound).
-FULL: dict[tuple[str, str], Handler] = {
+FULL: Mapping[tuple[str, str], Handler] = {
     ("message", "chat"): _absent_message("", _bare_chat),
     ("message", "normal"): _absent_message("absent_normal", _bare_chat),
     ("message", "headline"): _absent_message("absent_headline", _bare_headline),
     ("message", "groupchat"): _absent_message("absent_groupchat", _bare_chat),
-    ("message", "error"): _const(ERROR_IGNORED),
+    ("message", "error"): _const(_ERROR_IGNORED),
     ("presence", "available"): _to_target("presence/full/deliver", _PRESENCE_ABSENT),
     ("presence", "unavailable"): _to_target("presence/full/deliver", _PRESENCE_ABSENT),
     ("presence", "error"): _to_target("presence/full/deliver", _PRESENCE_ABSENT),
@@ -577,14 +587,23 @@ FULL: dict[tuple[str, str], Handler] = {
 _INVALID = {"presence": _PRESENCE_INVALID, "iq": _IQ_INVALID}
 
 
+def _invalid(facts: StanzaFacts) -> Decision:
+    try:
+        return _INVALID[facts.kind]
+    except KeyError:
+        raise ValueError(f"not a stanza kind: {facts.kind!r}") from None
+
+
 def _no_such_user(facts: StanzaFacts, cfg: PolicyConfig) -> Decision:
     # RFC 6121 8.5.1. The answers match those for an existing account with no resource, so they
     # leak neither presence nor (for iq) existence.
     kind = facts.kind
     if kind == "message":
-        return ERROR_IGNORED if facts.type == "error" else _UNKNOWN_USER[cfg.unknown_user]
+        return _ERROR_IGNORED if facts.type == "error" else _UNKNOWN_USER[cfg.unknown_user]
     if kind == "presence":
         return _UNKNOWN_USER_PRESENCE if ("presence", facts.type) in BARE else _PRESENCE_INVALID
+    if kind != "iq":
+        return _invalid(facts)
     if facts.type in ("get", "set"):
         return _UNKNOWN_USER_IQ
     return _IQ_RESPONSE if facts.type in ("result", "error") else _IQ_INVALID
@@ -609,7 +628,7 @@ def decide(facts: StanzaFacts, sessions: Sequence[SessionLike], cfg: PolicyConfi
         if handler is None:
             if facts.kind == "message":  # StanzaFacts from elsewhere may carry any type
                 return _bare_chat(facts, sessions, cfg)
-            return _INVALID[facts.kind]
+            return _invalid(facts)
         return handler(facts, sessions, None, cfg)
     target = None
     for s in sessions:
@@ -629,7 +648,7 @@ def decide(facts: StanzaFacts, sessions: Sequence[SessionLike], cfg: PolicyConfi
         if facts.kind == "message":
             return _bare_chat(facts, sessions, cfg, _AS_BARE) if target is None else \
                 Decision((Deliver(target.jid),), "message/full/deliver")
-        return _INVALID[facts.kind]
+        return _invalid(facts)
     return handler(facts, sessions, target, cfg)
 
 

@@ -99,7 +99,7 @@ class Router:
             try:
                 to = JID.parse(to_s)
             except InvalidJID:
-                self.bounce(el, "modify", "jid-malformed")
+                self.bounce(el, "modify", "jid-malformed", from_host=True)
                 return None
         if origin is not None:
             result = self._from_client(el, kind, origin, sender, to)
@@ -111,16 +111,25 @@ class Router:
         session.send(el)
 
     async def session_ended(self, session: Session) -> None:
-        """The connection of ``session`` ended (cleanly or not): unregister it, tell the features."""
-        if self.sessions.unbind(session):
-            await self.hub.fire_all("session/end", session)
+        """The connection of ``session`` ended (cleanly or not): unregister it, tell the features.
 
-    def bounce(self, el: Element, error_type: str, condition: str, text: str | None = None) -> None:
-        """Send an error reply for ``el`` to its sender; errors themselves are never bounced."""
+        Runs once per session, also for one that a newer login with the same full JID replaced
+        (it is no longer in the registry, but its contacts must still see it leave)."""
+        if session.ended or not hasattr(session, "jid"):
+            return
+        session.ended = True
+        self.sessions.unbind(session)
+        await self.hub.fire_all("session/end", session)
+
+    def bounce(self, el: Element, error_type: str, condition: str, text: str | None = None, *,
+               from_host: bool = False) -> None:
+        """Send an error reply for ``el`` to its sender; errors themselves are never bounced.
+
+        ``from_host``: the error comes from our domain (the original 'to' was unusable)."""
         if el.attrs.get("type") == "error" or not el.attrs.get("from"):
             return
         reply = el.error_reply(error_type, condition, text)
-        if not reply.attrs.get("from"):
+        if from_host or not reply.attrs.get("from"):
             reply.set("from", self.domain)
         self.route(reply, None)
 
