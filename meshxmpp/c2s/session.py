@@ -66,6 +66,7 @@ class Session:
         "close_reason",
         "closed",
         "directed",
+        "ended",
         "interested",
         "jid",
         "last_activity",
@@ -103,6 +104,7 @@ class Session:
         self.bound_at = 0.0
         self.last_activity = now
         self.closed = False
+        self.ended = False  # the router has run session/end for it (once)
         # Why the session ended: a stream error condition, "eof", "slow-consumer", ... (for logs)
         self.close_reason: str | None = None
         self.bytes_in = 0

@@ -31,6 +31,7 @@ class Slix:
         self.xmpp.enable_direct_tls = False
         self.xmpp.register_plugin("xep_0199")
         self.xmpp.register_plugin("xep_0030")
+        self.xmpp.register_plugin("xep_0203")  # delayed delivery, to read offline stamps
         self.messages: asyncio.Queue[Message] = asyncio.Queue()
         self.presences: list[Any] = []
         self.presence_event = asyncio.Event()
@@ -43,6 +44,7 @@ class Slix:
         self.xmpp.add_event_handler("failed_auth", lambda _e: self.failed.set())
         self.xmpp.add_event_handler("disconnected", lambda _e: self.disconnected.set())
         self.xmpp.add_event_handler("message", self.messages.put_nowait)
+        self.xmpp.add_event_handler("message_error", self.messages.put_nowait)
         self.xmpp.add_event_handler("presence", self._on_presence)
         self.xmpp.add_event_handler("roster_update", self.roster_pushes.append)
 

@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import time
+from functools import partial
 
 import pytest
 import trio
@@ -86,7 +87,7 @@ async def attack(address: tuple[str, int], payload: bytes, *, chunk: int) -> str
     stream = await trio.open_tcp_stream(*address)
     async with stream:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(send_ignoring_close, stream, payload, chunk=chunk)
+            nursery.start_soon(partial(send_ignoring_close, stream, payload, chunk=chunk))
             data = await read_until_closed(stream, 10)
             nursery.cancel_scope.cancel()
     return stream_error_of(data)
@@ -142,7 +143,7 @@ async def test_many_random_garbage_connections_do_not_disturb_a_chat() -> None:
         async with trio.open_nursery() as nursery:
             for i in range(20):
                 junk = HEADER + os.urandom(512) if i % 2 else os.urandom(512)
-                nursery.start_soon(attack, n.c2s_address, junk, 512)
+                nursery.start_soon(partial(attack, n.c2s_address, junk, chunk=512))
             msg = Element("message", ns.CLIENT, {"to": "bob@localhost/b", "type": "chat"})
             msg.add("body", ns.CLIENT, text="still here")
             await alice.send(msg)
