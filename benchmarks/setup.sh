@@ -16,26 +16,22 @@ if [ "${#need[@]}" -gt 0 ]; then
     fi
 fi
 
-stop_system_service() {
-    local name="$1" pattern="$2"
-    if command -v service >/dev/null 2>&1; then
-        service "$name" stop >/dev/null 2>&1 || true
-    fi
-    # Without an init system the package's postinst may still have left a daemon behind:
-    # end only the system instance (the one running with the package's default config).
-    local pids
-    pids=$(pgrep -f "$pattern" || true)
-    for pid in $pids; do
-        kill "$pid" 2>/dev/null || true
-    done
-}
-stop_system_service prosody "^lua[0-9.]* /usr/bin/prosody"
-# ejabberd's system node is named ejabberd@localhost (run as user ejabberd).
-if command -v ejabberdctl >/dev/null 2>&1; then
-    (cd / && timeout 20 ejabberdctl stop >/dev/null 2>&1) || true
+# The packages' own daemons, if their postinst started them: stop them through the init script
+# when there is one, else by the pid they recorded. Our benchmark instances are not touched.
+if command -v service >/dev/null 2>&1; then
+    service prosody stop >/dev/null 2>&1 || true
+    service ejabberd stop >/dev/null 2>&1 || true
 fi
-stop_system_service ejabberd "beam.*-sname ejabberd@localhost"
-# epmd started by the package for the system node is harmless; our instances share it.
+for pidfile in /run/prosody/prosody.pid /var/run/prosody/prosody.pid; do
+    if [ -s "$pidfile" ]; then
+        kill "$(cat "$pidfile")" 2>/dev/null || true
+    fi
+done
+# ejabberd's system node is ejabberd@localhost; ask it to stop if it runs.
+if [ -x /usr/sbin/ejabberdctl ] && (cd / && timeout 20 /usr/sbin/ejabberdctl status >/dev/null 2>&1); then
+    (cd / && timeout 30 /usr/sbin/ejabberdctl stop >/dev/null 2>&1) || true
+fi
+# (the epmd daemon the package may have started is harmless: our ejabberd nodes register there)
 
 # Keep them from starting at boot where an init system exists.
 if command -v update-rc.d >/dev/null 2>&1; then
@@ -46,6 +42,10 @@ if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     systemctl disable --now prosody ejabberd >/dev/null 2>&1 || true
 fi
 
-python -m pip install --quiet py-spy >/dev/null 2>&1 || echo "setup.sh: py-spy not installed (profile.sh needs it)" >&2
+PY="${PYTHON:-python3}"
+"$PY" -m pip install --quiet py-spy >/dev/null 2>&1 || echo "setup.sh: py-spy not installed (profile.sh needs it)" >&2
+# uvloop makes the load generator cheaper, so more of the machine is left to the server. Optional.
+"$PY" -m pip install --quiet uvloop >/dev/null 2>&1 || echo "setup.sh: uvloop not installed (the load generator falls back to asyncio)" >&2
 
-echo "setup.sh: prosody $(prosody --version 2>/dev/null | head -1 || echo '?'); ejabberd $(dpkg-query -W -f='${Version}' ejabberd 2>/dev/null || echo '?')"
+# (not `prosody --version`: Prosody 0.12 has no such flag and would start a server)
+echo "setup.sh: prosody $(dpkg-query -W -f='${Version}' prosody 2>/dev/null || echo '?'), ejabberd $(dpkg-query -W -f='${Version}' ejabberd 2>/dev/null || echo '?')"

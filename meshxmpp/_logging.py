@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import errno
 import logging
-import ssl
 import sys
 import traceback
 from typing import TextIO
-
-import trio
 
 __all__ = ["OneLineFormatter", "is_expected_network_error", "setup_logging"]
 
@@ -44,19 +41,30 @@ _EXPECTED_TYPES: tuple[type[BaseException], ...] = (
     ConnectionError,  # reset, aborted, refused, broken pipe
     TimeoutError,
     EOFError,
-    ssl.SSLError,  # includes SSLEOFError, handshake failures
-    ssl.CertificateError,
-    trio.BrokenResourceError,
-    trio.ClosedResourceError,
-    trio.TooSlowError,
 )
+
+
+def _trio_types() -> tuple[type[BaseException], ...]:
+    # Looked up lazily: a process that never imported trio (check-config) has no trio errors,
+    # and importing it here would slow every CLI command down.
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return ()
+    return (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError)
+
+
+def _ssl_types() -> tuple[type[BaseException], ...]:
+    ssl = sys.modules.get("ssl")
+    if ssl is None:
+        return ()
+    return (ssl.SSLError, ssl.CertificateError)  # SSLError covers SSLEOFError, handshake failures
 
 
 def is_expected_network_error(exc: BaseException) -> bool:
     """True for errors a server sees in normal operation because of its peers."""
     if isinstance(exc, BaseExceptionGroup):
         return all(is_expected_network_error(e) for e in exc.exceptions)
-    if isinstance(exc, _EXPECTED_TYPES):
+    if isinstance(exc, _EXPECTED_TYPES + _trio_types() + _ssl_types()):
         return True
     if isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS:
         return True
@@ -70,7 +78,8 @@ def is_expected_network_error(exc: BaseException) -> bool:
 
 
 def _escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
+    # Only line breaks: a peer's data can never start a forged log line.
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _summary(exc: BaseException) -> str:
@@ -78,7 +87,7 @@ def _summary(exc: BaseException) -> str:
     name = type(exc).__name__
     summary = f"{name}: {text}" if text else name
     cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
-    if cause is not None and isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError):
+    if cause is not None and isinstance(exc, _trio_types()):
         summary += f" (from {type(cause).__name__}: {cause})"
     return summary
 
@@ -110,11 +119,16 @@ class OneLineFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "info", stream: TextIO | None = None) -> None:
-    """Configure the root logger: ``level`` by name, one line per record, to ``stream`` (stderr)."""
+    """Configure the root logger: ``level`` by name, one line per record, to ``stream`` (stderr).
+
+    Calling it again replaces the handler it installed before and leaves other handlers alone.
+    """
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(OneLineFormatter())
+    handler._meshxmpp = True  # type: ignore[attr-defined]
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        if getattr(old, "_meshxmpp", False):
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())

@@ -13,14 +13,15 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-import trio
-
 from meshxmpp.config import LOG_LEVELS, Config, ConfigError, load_config
 
 if TYPE_CHECKING:
     from meshxmpp.storage.base import Storage
 
 __all__ = ["build_parser", "main"]
+
+# Imports of trio, storage and the node happen inside the commands that need them, so that
+# `--version`, `check-config` and configuration errors answer quickly.
 
 PROG = "meshxmpp"
 T = TypeVar("T")
@@ -46,6 +47,25 @@ def _version() -> str:
             return version("meshxmpp")
         except PackageNotFoundError:
             return "unknown"
+
+
+class _VersionAction(argparse.Action):
+    # argparse's own "version" action needs the string up front; reading package metadata costs
+    # more than the rest of `check-config`, so it is looked up only when asked for.
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        kwargs.setdefault("nargs", 0)
+        kwargs.setdefault("default", argparse.SUPPRESS)
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        print(f"{PROG} {_version()}")
+        parser.exit()
 
 
 def _int_or_raw(text: str) -> int | str:
@@ -77,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         description="An XMPP server on Trio whose nodes form a peer-to-peer mesh.",
     )
-    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("serve", parents=[common, node], help="run a node in the foreground")
@@ -163,6 +183,8 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
+    import trio
+
     from meshxmpp.node import Node
 
     try:
@@ -234,6 +256,8 @@ def _credentials(password: str) -> Any:
 
 def _with_storage(config: Config, op: Callable[[Storage], Awaitable[T]]) -> T:
     """Open the configured storage, run ``op`` on it, close it."""
+    import trio
+
     from meshxmpp.storage import open_storage
 
     async def run() -> T:

@@ -13,6 +13,7 @@ Validation runs whenever a ``Config`` is built (loading, ``evolve``, direct cons
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import json
 import math
@@ -32,7 +33,7 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn, override
 
-from meshxmpp.jid import InvalidJID, prepare_domainpart
+from meshxmpp.jid import JID, InvalidJID, prepare_domainpart
 
 __all__ = [
     "C2SConfig",
@@ -82,7 +83,7 @@ class ConfigError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------
-# value checks: each returns None when fine, or the reason (used after "must be ..." is not enough)
+# value checks: predicates; a failing one reports "must be <expect> (got <value>)"
 
 
 def _show(value: object) -> str:
@@ -189,6 +190,11 @@ def _normalize_domain(v: Any) -> Any:
 
 def _normalize_lower(v: Any) -> Any:
     return v.lower() if isinstance(v, str) else v
+
+
+def _to_tuple(v: Any) -> Any:
+    # Lets code pass lists (evolve(cfg, mesh={"peers": [...]})) while the tree stays hashable.
+    return tuple(v) if isinstance(v, list) else v
 
 
 def _non_empty(v: Any) -> bool:
@@ -389,12 +395,14 @@ class OfflineConfig:
 
 @attrs.define(frozen=True, kw_only=True)
 class SenderRule:
-    """One `[[routing.sender]]` entry: a different policy for messages from some senders."""
+    """One `[[routing.sender]]` entry: a different policy for messages from some senders. The most
+    specific match wins: a bare JID, then an exact domain, then the longest `*.` suffix."""
 
     match: str = _required(
-        doc='Sender pattern, e.g. "bot@example.org" or "*@bots.example.org".',
-        expect="a non-empty string",
-        check=_non_empty,
+        doc='Who sends: a bare JID ("bot@example.org"), a domain ("example.org") or its subdomains '
+        '("*.example.org").',
+        expect='a bare JID, a domain or "*.domain"',
+        check=lambda v: _is_sender_pattern(v),
     )
     policy: str = _required(
         doc="Policy for messages from matching senders.",
@@ -403,45 +411,110 @@ class SenderRule:
     )
 
 
+def _is_sender_pattern(v: Any) -> bool:
+    """What the routing engine accepts as ``match``: domain, ``*.domain`` or bare JID."""
+    if not isinstance(v, str) or not v:
+        return False
+    wildcard = v.startswith("*.")
+    try:
+        jid = JID.parse(v[2:] if wildcard else v)
+    except InvalidJID:
+        return False
+    return jid.resource is None and not (wildcard and jid.local is not None)
+
+
+_STORE_OR_BOUNCE = ("store", "bounce")
+
+
 @attrs.define(frozen=True, kw_only=True)
 class RoutingConfig:
-    """How a message to a bare JID picks the recipient's resources."""
+    """How the node picks who gets a stanza: the policy for messages to a bare JID and each choice
+    RFC 6121 section 8.5 leaves open (docs/routing.md has the decision tables)."""
 
     policy: str = _opt(
         "top-priority-all",
-        doc="most-available: one resource with the highest priority; top-priority-all: every resource "
-        "sharing the highest non-negative priority; all-non-negative: every resource with priority "
-        "0 or more; all-connected: every available resource.",
+        doc="Chat and normal messages to a bare JID: most-available, one session (highest priority, then "
+        "show, then most recent activity); top-priority-all, every available session tied at the highest "
+        "non-negative priority; all-non-negative, every available session with priority 0 or more; "
+        "all-connected, every bound session.",
         expect=_choices(ROUTING_POLICIES),
         check=_one_of(ROUTING_POLICIES),
     )
     sender: tuple[SenderRule, ...] = _opt(
         (),
-        doc="Per-sender exceptions, first match wins (see [[routing.sender]]).",
+        doc="Per-sender policies (see [[routing.sender]]).",
         expect="a list of tables",
         item_expect="a table",
+        normalize=_to_tuple,
+    )
+    all_negative: str = _opt(
+        "store",
+        doc="Chat/normal to the bare JID when every available resource has a negative priority.",
+        expect=_choices(_STORE_OR_BOUNCE),
+        check=_one_of(_STORE_OR_BOUNCE),
+    )
+    no_available: str = _opt(
+        "store",
+        doc="Chat/normal to the bare JID when no resource is available (store: offline messages).",
+        expect=_choices(_STORE_OR_BOUNCE),
+        check=_one_of(_STORE_OR_BOUNCE),
+    )
+    absent_normal: str = _opt(
+        "bounce",
+        doc="Normal message to a full JID that is not bound (bare: handle as sent to the bare JID).",
+        expect=_choices(("bounce", "drop", "bare")),
+        check=_one_of(("bounce", "drop", "bare")),
+    )
+    absent_headline: str = _opt(
+        "drop",
+        doc="Headline message to a full JID that is not bound.",
+        expect=_choices(("drop", "bounce", "bare")),
+        check=_one_of(("drop", "bounce", "bare")),
+    )
+    absent_groupchat: str = _opt(
+        "bounce",
+        doc="Groupchat message to a full JID that is not bound.",
+        expect=_choices(("bounce", "drop")),
+        check=_one_of(("bounce", "drop")),
+    )
+    unknown_user: str = _opt(
+        "bounce",
+        doc="Message to an account that does not exist (drop hides which accounts exist).",
+        expect=_choices(("bounce", "drop")),
+        check=_one_of(("bounce", "drop")),
+    )
+    store_chat_states: bool = _opt(
+        False,
+        doc="Store messages that carry only a chat state (XEP-0085) offline.",
+        expect="true or false",
     )
     all_resources: bool = _opt(
         False,
         key=ALL_RESOURCES_KEY,
-        doc='Openfire alias: true means policy = "top-priority-all".',
+        doc='Openfire alias: true means policy = "top-priority-all"; false changes nothing.',
         expect="true or false",
     )
     really_all_resources: bool = _opt(
         False,
         key=REALLY_ALL_RESOURCES_KEY,
-        doc='Openfire alias: true means policy = "all-non-negative" (wins over route.all-resources).',
+        doc='Openfire alias: true means policy = "all-non-negative" (wins over route.all-resources); '
+        "false changes nothing.",
         expect="true or false",
     )
 
     def routing_dict(self) -> dict[str, Any]:
-        """What the policy engine needs, as plain data."""
-        return {
-            "policy": self.policy,
-            "sender": [{"match": r.match, "policy": r.policy} for r in self.sender],
-            ALL_RESOURCES_KEY: self.all_resources,
-            REALLY_ALL_RESOURCES_KEY: self.really_all_resources,
+        """The ``[routing]`` table as plain data, for ``PolicyConfig.from_routing_config``.
+
+        ``policy`` is already the effective one. An alias is passed as ``True`` when set and ``None``
+        otherwise (never ``False``), so the engine cannot read a different policy into it.
+        """
+        d: dict[str, Any] = {
+            f.name: getattr(self, f.name) for f in attrs.fields(RoutingConfig) if not f.metadata.get("key")
         }
+        d["sender"] = [{"match": r.match, "policy": r.policy} for r in self.sender]
+        d[ALL_RESOURCES_KEY] = True if self.all_resources else None
+        d[REALLY_ALL_RESOURCES_KEY] = True if self.really_all_resources else None
+        return d
 
 
 @attrs.define(frozen=True, kw_only=True)
@@ -485,6 +558,7 @@ class ComponentsConfig:
         doc="Allowed components (see [[components.service]]).",
         expect="a list of tables",
         item_expect="a table",
+        normalize=_to_tuple,
     )
 
 
@@ -502,6 +576,7 @@ class MeshConfig:
         expect='a list of "host:port" strings',
         item_expect='a "host:port" string',
         item_check=_is_peer,
+        normalize=_to_tuple,
     )
     secret: str | None = _opt(
         None,
@@ -527,7 +602,7 @@ class HTTPConfig:
 
 @attrs.define(frozen=True, kw_only=True)
 class Config:
-    """Top level: the node's identity and where it keeps its files."""
+    """The node's identity and where it keeps its files."""
 
     domain: str = _opt(
         "localhost",
@@ -773,7 +848,10 @@ def _make_converter() -> cattrs.Converter:
     return conv
 
 
-_converter = _make_converter()
+@functools.cache
+def _converter() -> cattrs.Converter:
+    # Built on first use: generating the hooks costs tens of milliseconds at every CLI start.
+    return _make_converter()
 
 
 def _first_error(
@@ -876,7 +954,7 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
     data = dict(raw)
     _prepare_routing(data)
     try:
-        return _converter.structure(data, Config)
+        return _converter().structure(data, Config)
     except ConfigError:
         raise
     except Exception as exc:
@@ -954,7 +1032,7 @@ def reference_markdown() -> str:
             heading = f"`[[{prefix}]]` (list of tables)"
         else:
             heading = f"`[{prefix}]`"
-        lines += [f"### {heading}", "", _cell((cls.__doc__ or "").strip()), ""]
+        lines += [f"### {heading}", "", _cell(" ".join((cls.__doc__ or "").split())), ""]
         lines += ["| Key | Value | Default | Meaning |", "|---|---|---|---|"]
         for f in attrs.fields(cls):
             if attrs.has(f.type):

@@ -330,6 +330,10 @@ class _Connection:
 
     async def _receive(self) -> bool:
         """Read one chunk and parse it into ``pending``; False when the stream ended."""
+        if self.xml.error_pending:
+            # Every event before the violation has been handled: raise it now, before waiting on
+            # a peer that may never send another byte.
+            return self._feed(b"")
         data = await self.stream.receive_some(READ_SIZE)
         if not data:
             log.debug("%s: peer closed the connection", self.peer)

@@ -11,15 +11,13 @@ import trio
 
 from meshxmpp.xml import ns
 from meshxmpp.xml.element import Element
-from meshxmpp.xml.events import StanzaReceived
-from meshxmpp.xml.serialize import to_bytes
-from meshxmpp.xml.stream import XmlStream
+from meshxmpp.xml.errors import StreamError
+from meshxmpp.xml.serialize import to_str
+from meshxmpp.xml.stream import parse_element
 
 if TYPE_CHECKING:
     from meshxmpp.context import NodeContext
     from meshxmpp.routing.router import StanzaEvent
-
-_HEADER = (b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>")
 
 
 def presence(type_: str | None, from_: str, to: str | None) -> Element:
@@ -42,17 +40,16 @@ def readdress(el: Element, *, from_: str | None = None, to: str | None = None) -
 
 
 def dumps(el: Element) -> str:
-    return to_bytes(el).decode("utf-8")
+    return to_str(el)
 
 
 def loads(data: str) -> Element:
-    """Parse one stanza that ``dumps`` wrote (stored offline messages, pending requests)."""
-    raw = data.encode("utf-8")
-    parser = XmlStream(max_stanza_size=len(raw) + 1024, max_depth=1000, allowed_ns=frozenset({ns.CLIENT}))
-    for event in parser.feed(_HEADER + raw):
-        if isinstance(event, StanzaReceived):
-            return event.element
-    raise ValueError("no stanza in stored data")
+    """Parse one stanza that ``dumps`` wrote (stored offline messages, pending requests);
+    raises ValueError when it is not one well-formed element."""
+    try:
+        return parse_element(data, max_size=len(data.encode()) + 1024, max_depth=1000)
+    except StreamError as e:
+        raise ValueError(f"stored stanza unreadable: {e.condition}") from e
 
 
 async def route(ctx: NodeContext, el: Element) -> None:
@@ -89,7 +86,9 @@ class KeyedLocks:
                 self._locks[key] = (lock, users - 1)
 
 
-async def bounce(ctx: NodeContext, el: Element, error_type: str, condition: str, text: str | None = None) -> None:
+async def bounce(
+    ctx: NodeContext, el: Element, error_type: str, condition: str, text: str | None = None
+) -> None:
     """Error reply for ``el`` to its sender, routed (and awaited); errors are never answered."""
     if el.get("type") == "error" or not el.get("from"):
         return

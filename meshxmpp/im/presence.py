@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from meshxmpp.context import NodeContext
     from meshxmpp.hub import Hub
     from meshxmpp.routing.router import StanzaEvent
+    from meshxmpp.storage.base import RosterItem
     from meshxmpp.xml.element import Element
 
 log = logging.getLogger("meshxmpp.im.presence")
@@ -58,11 +59,11 @@ def parse_availability(el: Element) -> tuple[int, str | None]:
     return priority, show if show in SHOW_VALUES else None
 
 
-def subscribers(items: list[Any]) -> list[str]:
+def subscribers(items: list[RosterItem]) -> list[str]:
     return [i.jid for i in items if i.subscription in ("from", "both")]
 
 
-def subscribed_to(items: list[Any]) -> list[str]:
+def subscribed_to(items: list[RosterItem]) -> list[str]:
     return [i.jid for i in items if i.subscription in ("to", "both")]
 
 
@@ -207,7 +208,7 @@ def _bare(jid: str) -> JID:
     return JID.parse(jid).bare
 
 
-def _pending_request(item: Any, user: JID) -> Element:
+def _pending_request(item: RosterItem, user: JID) -> Element:
     if item.pending_in_stanza:
         try:
             return loads(item.pending_in_stanza)

@@ -47,8 +47,12 @@ def item_state(item: RosterItem | None) -> str:
 def with_state(item: RosterItem, state: str) -> RosterItem:
     f = sub.flags_of(state)
     return dataclasses.replace(
-        item, subscription=f.subscription, ask=f.ask, pending_in=f.pending_in,
-        pending_in_stanza=item.pending_in_stanza if f.pending_in else None)
+        item,
+        subscription=f.subscription,
+        ask=f.ask,
+        pending_in=f.pending_in,
+        pending_in_stanza=item.pending_in_stanza if f.pending_in else None,
+    )
 
 
 def is_empty(item: RosterItem) -> bool:
@@ -57,8 +61,10 @@ def is_empty(item: RosterItem) -> bool:
 
 
 def item_element(item: RosterItem) -> Element:
-    attrs = {"jid": item.jid, "subscription": item.subscription if item.subscription in
-             ("none", "to", "from", "both") else "none"}
+    attrs = {
+        "jid": item.jid,
+        "subscription": item.subscription if item.subscription in ("none", "to", "from", "both") else "none",
+    }
     if item.name:
         attrs["name"] = item.name
     if item.ask and item.subscription in ("none", "from"):
@@ -146,22 +152,24 @@ class Roster:
 
     # roster iq --------------------------------------------------------------------------------
 
-    async def get(self, event: StanzaEvent) -> bool:
+    async def roster_get(self, event: StanzaEvent) -> bool:
         origin = event.origin
         if origin is None:
             return False
-        items = await self.ctx.storage.rosters.items(str(origin.bare))
-        reply = event.stanza.reply()
-        query = reply.add("query", ns.ROSTER)
-        for item in items:
-            if not item.hidden:
-                query.append(item_element(item))
-        # Set together with the reply (no await in between), so no push falls in a gap.
-        origin.interested = True
-        self.ctx.router.deliver(origin, reply)
+        # Under the lock no change lands between the read and ``interested``: the client gets
+        # every later change as a push and none is lost in between.
+        async with self.locks(str(origin.bare)):
+            items = await self.ctx.storage.rosters.items(str(origin.bare))
+            reply = event.stanza.reply()
+            query = reply.add("query", ns.ROSTER)
+            for item in items:
+                if not item.hidden:
+                    query.append(item_element(item))
+            origin.interested = True
+            self.ctx.router.deliver(origin, reply)
         return True
 
-    async def set(self, event: StanzaEvent) -> bool:
+    async def roster_set(self, event: StanzaEvent) -> bool:
         origin = event.origin
         if origin is None:
             return False
@@ -228,8 +236,9 @@ class Roster:
             out = sub.transition(old, kind, "outbound")
             item = with_state(old_item or RosterItem(jid=str(contact), hidden=True), out.state)
             visible_before = old_item is not None and not old_item.hidden
-            if kind == "subscribe":
-                item = dataclasses.replace(item, hidden=False)  # asking adds the contact to the roster
+            if kind == "subscribe" or kind == "subscribed" and out.forward:
+                # Asking adds the contact to the roster, and so does approving (RFC 6121 3.1.5).
+                item = dataclasses.replace(item, hidden=False)
             await self._store(user, old_item, item)
             if not item.hidden and (out.push or not visible_before):
                 push(self.ctx, user, item, item.jid)
@@ -241,7 +250,9 @@ class Roster:
             # RFC 6121 3.1.5: the new subscriber gets the user's current presence.
             for session in self.ctx.sessions.available_of(user):
                 if session.presence is not None:
-                    await route(self.ctx, readdress(session.presence, from_=str(session.jid), to=str(contact)))
+                    await route(
+                        self.ctx, readdress(session.presence, from_=str(session.jid), to=str(contact))
+                    )
         elif kind == "unsubscribed" and sub.flags_of(old).subscription in ("from", "both"):
             await self._unavailable_to(user, str(contact))  # RFC 6121 3.2.2
 
@@ -281,7 +292,9 @@ class Roster:
             await route(self.ctx, presence(out.auto_reply, str(user), str(contact)))
             for session in self.ctx.sessions.available_of(user):
                 if session.presence is not None:
-                    await route(self.ctx, readdress(session.presence, from_=str(session.jid), to=str(contact)))
+                    await route(
+                        self.ctx, readdress(session.presence, from_=str(session.jid), to=str(contact))
+                    )
         if kind == "unsubscribe" and out.forward and sub.flags_of(old).subscription in ("from", "both"):
             await self._unavailable_to(user, str(contact))  # RFC 6121 3.3.3
         return True
@@ -307,8 +320,8 @@ class Roster:
 
 def register(hub: Hub, ctx: NodeContext) -> Roster:
     roster = Roster(ctx)
-    hub.hook(f"iq-get/self/{ns.ROSTER}", roster.get)
-    hub.hook(f"iq-set/self/{ns.ROSTER}", roster.set)
+    hub.hook(f"iq-get/self/{ns.ROSTER}", roster.roster_get)
+    hub.hook(f"iq-set/self/{ns.ROSTER}", roster.roster_set)
     for dest in ("bare", "full"):
         hub.hook(f"pre-presence/{dest}", roster.outbound)
         hub.hook(f"presence/{dest}", roster.inbound)

@@ -51,8 +51,17 @@ FROM: Final = "From"
 FROM_PENDING_OUT: Final = "From + Pending Out"
 BOTH: Final = "Both"
 
-STATES: Final = (NONE, NONE_PENDING_OUT, NONE_PENDING_IN, NONE_PENDING_OUT_IN, TO, TO_PENDING_IN,
-                 FROM, FROM_PENDING_OUT, BOTH)
+STATES: Final = (
+    NONE,
+    NONE_PENDING_OUT,
+    NONE_PENDING_IN,
+    NONE_PENDING_OUT_IN,
+    TO,
+    TO_PENDING_IN,
+    FROM,
+    FROM_PENDING_OUT,
+    BOTH,
+)
 KINDS: Final = ("subscribe", "subscribed", "unsubscribe", "unsubscribed")
 DIRECTIONS: Final = ("outbound", "inbound")
 
@@ -231,7 +240,9 @@ def _outcome(state: str, kind: str, direction: str, row: _Row) -> Outcome:
     new_state = state if new is None else new
     old_f, new_f = _FLAGS[state], _FLAGS[new_state]
     push = (old_f.subscription, old_f.ask) != (new_f.subscription, new_f.ask)
-    auto = "subscribed" if (kind, direction) == ("subscribe", "inbound") and state in _AUTO_SUBSCRIBED else None
+    auto = (
+        "subscribed" if (kind, direction) == ("subscribe", "inbound") and state in _AUTO_SUBSCRIBED else None
+    )
     return Outcome(new_state, forward, push, auto)
 
 

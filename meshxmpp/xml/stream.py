@@ -303,6 +303,11 @@ class XmlStream:
 
     # -- public API -------------------------------------------------------------------------------
 
+    @property
+    def error_pending(self) -> bool:
+        """A violation follows the events already returned: the next ``feed`` raises it."""
+        return self._pending is not None
+
     def feed(self, data: bytes) -> list[XmlEvent]:
         """Parse ``data``; return the events it completed. Raises ``StreamError`` on a violation."""
         if self._error is not None:
