@@ -59,7 +59,7 @@ class RunningNode:
         bare = JID.parse(jid).bare
         assert self.node.ctx is not None
         with trio.move_on_after(timeout):
-            while len(self.node.ctx.sessions.of(bare)) != count:
+            while len(self.node.ctx.sessions.of(bare)) != count:  # noqa: ASYNC110
                 await trio.sleep(0.005)  # bounded poll; the registry has no change event
             return
         raise TimeoutError(f"{jid} has {len(self.node.ctx.sessions.of(bare))} sessions, wanted {count}")

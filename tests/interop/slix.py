@@ -94,7 +94,7 @@ class Slix:
                 try:
                     await self.presence_event.wait()
                 except TimeoutError:
-                    raise AssertionError(f"{self.jid}: no presence matching {what}; got {self.presences}")
+                    raise AssertionError(f"{self.jid}: no presence matching {what}; got {self.presences}") from None
 
     def drain_messages(self) -> list[Message]:
         out = []

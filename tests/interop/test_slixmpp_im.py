@@ -70,8 +70,8 @@ def test_roster_subscription_presence_and_unavailable(server: ThreadNode) -> Non
         # Roster push to both of alice's interested resources.
         for c in (a1, a2):
             async with asyncio.timeout(15):
-                while c.xmpp.client_roster["bob@example.org"]["subscription"] not in ("to", "both"):
-                    await asyncio.sleep(0.01)
+                while c.xmpp.client_roster["bob@example.org"]["subscription"] not in ("to", "both"):  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)  # bounded poll of slixmpp's roster
         # Presence broadcast: alice's resources see bob available, bob sees alice's resources.
         for c in (a1, a2):
             await c.wait_presence(lambda p: p["from"] == "bob@example.org/desk" and p["type"] == "available",
