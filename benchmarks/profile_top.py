@@ -2,7 +2,9 @@
 
     python benchmarks/profile_top.py benchmarks/results/profile/meshxmpp-py-spy.txt [--top 25]
 
-"self" counts the samples where the function was the innermost frame (where the time is spent);
+"self" counts the samples where the function was the innermost frame (where the time is spent;
+generated methods such as a dataclass's ``__init__`` are shown with their caller, and counted in
+the caller's module);
 "total" counts the samples where it was anywhere on the stack (what it costs with its callees).
 """
 
@@ -51,14 +53,20 @@ def summarize(path: Path | str, top: int = 25) -> dict:
         if not frames:
             continue
         samples += n
-        self_c[frames[-1]] += n
-        module_c[_module(frames[-1])] += n
+        leaf = frames[-1]
+        if "(<" in leaf and len(frames) > 1:
+            # Generated code (dataclass/attrs __init__, __hash__...): name who called it.
+            leaf = f"{leaf} <- {frames[-2]}"
+            module_c[_module(frames[-2])] += n
+        else:
+            module_c[_module(leaf)] += n
+        self_c[leaf] += n
         for f in set(frames):
             total_c[f] += n
     pct = (lambda c: round(100.0 * c / samples, 1)) if samples else (lambda c: 0.0)
     # Leave out the chain of frames that is on every stack of the main thread (runpy, main, trio.run).
     root = max(total_c.values(), default=0)
-    inclusive = [(f, c) for f, c in total_c.most_common() if c < root]
+    inclusive = [(f, c) for f, c in total_c.most_common() if c < 0.95 * root]
     return {
         "samples": samples,
         "self": [(f, pct(c)) for f, c in self_c.most_common(top)],

@@ -37,7 +37,7 @@ class _Fail(Exception):
 
 def _version() -> str:
     try:
-        from meshxmpp import __version__  # type: ignore[attr-defined]
+        from meshxmpp import __version__
 
         return str(__version__)
     except ImportError:
