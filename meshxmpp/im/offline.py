@@ -1,17 +1,32 @@
-"""Offline messages (XEP-0160) with a delay stamp (XEP-0203).
+"""Offline messages (XEP-0160) with a delay stamp (XEP-0203); the policy is ``docs/offline.md``.
 
 ``message/offline`` (fired by the router when the routing policy says "store"): a chat or
 normal message for an existing user is stored with ``<delay from=domain stamp=…/>`` added, up to
 ``offline.max_per_user`` per user; over the quota the sender gets ``service-unavailable``.
-``presence/initial`` (fired by ``im.presence``): the first resource to come online with a
-non-negative priority receives the stored messages, oldest first, and they are deleted.
+``presence/initial`` (fired by ``im.presence``) for a resource with a non-negative priority:
+
+* ``[offline] delivery = "first-resource"`` (XEP-0160): it receives all stored messages,
+  oldest first, and they are deleted.
+* ``"all-resources"``: the resource is remembered as one of the user's *known resources*; it
+  receives, oldest first, the stored messages it has not had yet (and that are younger than
+  ``MAX_AGE``); then one storage transaction records that it had them and deletes every
+  message that all known resources have had, or that is older than ``MAX_AGE``. ``session/end``
+  refreshes the resource's last-seen time, so a device is forgotten ``RESOURCE_MEMORY``
+  seconds after it was last online, not after it logged in.
+
+Each user's deliveries run under one lock, so two resources sending initial presence at the
+same moment never both take (first-resource) or both get twice (all-resources) a message.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+import trio
 
 from meshxmpp.im._stanzas import KeyedLocks, bounce, dumps, loads
 from meshxmpp.xml import ns
@@ -21,12 +36,22 @@ if TYPE_CHECKING:
     from meshxmpp.c2s.session import Session
     from meshxmpp.context import NodeContext
     from meshxmpp.hub import Hub
+    from meshxmpp.jid import JID
     from meshxmpp.routing.router import StanzaEvent
+    from meshxmpp.storage.base import OfflineMessage
 
 log = logging.getLogger("meshxmpp.im.offline")
 
 FEATURE = "msgoffline"
 STORED_TYPES = frozenset({"chat", "normal"})
+
+FIRST_RESOURCE = "first-resource"
+ALL_RESOURCES = "all-resources"
+# TODO(config): become ``[offline] resource_memory`` and ``[offline] max_age`` in config.py;
+# until then these module constants are the values (seconds), used by "all-resources" only.
+RESOURCE_MEMORY = 30 * 24 * 3600.0  # a resource not seen for this long is forgotten
+MAX_AGE = 7 * 24 * 3600.0  # a stored message older than this is never delivered, and deleted
+RECORD_TIMEOUT = 30.0  # bound on the shielded write that records a delivery
 
 
 def stamp_text(when: float) -> str:
@@ -40,10 +65,28 @@ def with_delay(el: Element, domain: str, when: float) -> Element:
     return out
 
 
+@contextmanager
+def _shielded() -> Iterator[None]:
+    """For the write that follows queueing stanzas to a session: it must run even when the task is
+    being cancelled (the client hung up right after its presence), else the next login gets the
+    same messages again. Bounded, as every cleanup (ARCHITECTURE.md convention 7)."""
+    with trio.move_on_after(RECORD_TIMEOUT) as scope:
+        scope.shield = True
+        yield
+    if scope.cancelled_caught:
+        log.warning("offline: recording a delivery took over %.0f s; it may be repeated", RECORD_TIMEOUT)
+
+
 class Offline:
     def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
         self.locks = KeyedLocks()
+        self.all_resources = ctx.config.offline.delivery == ALL_RESOURCES
+        self.resource_memory = float(getattr(ctx.config.offline, "resource_memory", RESOURCE_MEMORY))
+        self.max_age = float(getattr(ctx.config.offline, "max_age", MAX_AGE))
+        # all-resources: the sessions remembered as known resources, by full JID, so that their
+        # end refreshes last_seen (a replaced session's end does not).
+        self._remembered: dict[JID, Session] = {}
 
     def store(self, event: StanzaEvent) -> Any:
         type_ = event.stanza.get("type") or "normal"
@@ -60,9 +103,14 @@ class Offline:
             await bounce(self.ctx, event.stanza, "cancel", "service-unavailable")
             return
         when = self.ctx.now()
-        stanza = with_delay(event.stanza, self.ctx.domain, when)
+        stanza = dumps(with_delay(event.stanza, self.ctx.domain, when))
         limit = self.ctx.config.offline.max_per_user
-        if not await self.ctx.storage.offline.store(user, dumps(stanza), stamp=when, limit=limit):
+        offline = self.ctx.storage.offline
+        stored = await offline.store(user, stanza, stamp=when, limit=limit)
+        if not stored and self.all_resources and await offline.expire(user, before=when - self.max_age):
+            # Messages past MAX_AGE are dropped lazily; here they were what held the quota.
+            stored = await offline.store(user, stanza, stamp=when, limit=limit)
+        if not stored:
             log.info("offline quota (%d) reached for %s", limit, user)
             await bounce(self.ctx, event.stanza, "cancel", "service-unavailable", "Offline storage is full")
 
@@ -72,17 +120,77 @@ class Offline:
         user = str(session.bare)
         # The lock makes two resources coming online together receive each message once.
         async with self.locks(user):
-            messages = await self.ctx.storage.offline.fetch(user)
-            if not messages or session.closed:
-                return
-            for message in messages:
-                try:
-                    el = loads(message.stanza)
-                except ValueError:
-                    log.warning("dropping unreadable offline message %d for %s", message.id, user)
-                    continue
+            if self.all_resources:
+                await self._deliver_each(session, user)
+            else:
+                await self._deliver_first(session, user)
+
+    async def _deliver_first(self, session: Session, user: str) -> None:
+        messages = await self.ctx.storage.offline.fetch(user)
+        if not messages or session.closed:
+            return
+        for message in messages:
+            el = self._load(message, user)
+            if el is not None:
                 self.ctx.router.deliver(session, el)
+        with _shielded():
             await self.ctx.storage.offline.delete(user, [m.id for m in messages])
+
+    async def _deliver_each(self, session: Session, user: str) -> None:
+        offline = self.ctx.storage.offline
+        resource = session.jid.resource or ""
+        now = self.ctx.now()
+        forget_before = now - self.resource_memory
+        await offline.remember_resource(user, resource, seen=now, forget_before=forget_before)
+        if not session.ended:  # else its session/end has already run and would never pop it
+            self._remembered[session.jid] = session
+        messages = await offline.pending(user, resource)
+        if session.closed:
+            return  # it ended while we waited: the messages stay for its next login
+        fresh = [m for m in messages if m.stamp >= now - self.max_age]
+        sent: list[int] = []
+        unreadable: list[int] = []
+        for message in fresh:
+            el = self._load(message, user)
+            if el is None:
+                unreadable.append(message.id)
+            else:
+                self.ctx.router.deliver(session, el)
+                sent.append(message.id)
+        if unreadable:
+            await offline.delete(user, unreadable)
+        # After the stanzas are queued to the session, one transaction records that this resource
+        # had them and deletes what every known resource has had (or what expired). A crash in
+        # between delivers them again at the next login: at least once, never lost.
+        # Also run with nothing sent: a forgotten resource may have completed older messages.
+        gone: list[int] = []
+        with _shielded():
+            gone = await offline.mark_delivered(
+                user, resource, sent, known_since=forget_before, expire_before=now - self.max_age
+            )
+        if gone:
+            log.debug("offline: %d message(s) for %s delivered everywhere or expired", len(gone), user)
+
+    async def session_end(self, session: Session) -> None:
+        """all-resources: a known resource was last seen now (so it is remembered from its end)."""
+        if self._remembered.get(session.jid) is not session:
+            return
+        del self._remembered[session.jid]
+        now = self.ctx.now()
+        try:
+            await self.ctx.storage.offline.remember_resource(
+                str(session.bare), session.jid.resource or "", seen=now, forget_before=now - self.resource_memory
+            )
+        except Exception:  # best effort (e.g. storage closing at shutdown): last_seen stays at login
+            log.warning("could not refresh last-seen of %s", session.jid, exc_info=True)
+
+    @staticmethod
+    def _load(message: OfflineMessage, user: str) -> Element | None:
+        try:
+            return loads(message.stanza)
+        except ValueError:
+            log.warning("dropping unreadable offline message %d for %s", message.id, user)
+            return None
 
     @staticmethod
     def features(found: set[str]) -> None:
@@ -93,5 +201,7 @@ def register(hub: Hub, ctx: NodeContext) -> Offline:
     feature = Offline(ctx)
     hub.hook("message/offline", feature.store)
     hub.hook("presence/initial", feature.deliver)
+    if feature.all_resources:
+        hub.hook("session/end", feature.session_end)
     hub.hook("disco-features/host", feature.features)
     return feature

@@ -9,6 +9,11 @@ and the real backends agree:
 * ``Offline.fetch()`` is oldest first (ascending id); ids are never reused for a store.
 * ``Offline.store()`` refuses (``False``) when the user already holds ``limit`` messages.
 * ``Offline.delete()`` ignores ids that are unknown or belong to another user.
+* Known resources and delivery records (``[offline] delivery = "all-resources"``, see
+  ``docs/offline.md``): ``known_resources()`` is sorted by resource; ``pending()`` is oldest
+  first; ``mark_delivered()`` records and deletes in one transaction and returns the deleted
+  ids ascending; deleting a message (any way) deletes its delivery records, and deleting an
+  account deletes its known resources.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Accounts",
+    "KnownResource",
     "Offline",
     "OfflineMessage",
     "RosterItem",
@@ -51,6 +57,14 @@ class OfflineMessage:
     stamp: float
 
 
+@dataclass(frozen=True, slots=True)
+class KnownResource:
+    """A resource of a user that bound and sent initial presence (non-negative priority) recently."""
+
+    resource: str
+    last_seen: float
+
+
 @runtime_checkable
 class Accounts(Protocol):
     async def create(self, user: str, creds: dict[str, ScramCredentials]) -> bool:
@@ -64,7 +78,8 @@ class Accounts(Protocol):
         ...
 
     async def delete(self, user: str) -> bool:
-        """Remove the account with its roster and offline messages, atomically."""
+        """Remove the account with its roster, offline messages (with their delivery records) and
+        known resources, atomically."""
         ...
 
     async def exists(self, user: str) -> bool: ...
@@ -99,7 +114,42 @@ class Offline(Protocol):
         """All messages of ``user``, oldest first."""
         ...
 
-    async def delete(self, user: str, ids: list[int]) -> None: ...
+    async def delete(self, user: str, ids: list[int]) -> None:
+        """Delete these messages of ``user`` with their delivery records; other ids are ignored."""
+        ...
+
+    # For ``[offline] delivery = "all-resources"`` (docs/offline.md). ------------------------
+
+    async def remember_resource(self, user: str, resource: str, *, seen: float, forget_before: float) -> None:
+        """Record that ``resource`` of ``user`` was seen at ``seen`` (a later ``last_seen`` is
+        kept: it never goes back), and in the same transaction forget ``user``'s resources last
+        seen before ``forget_before``."""
+        ...
+
+    async def known_resources(self, user: str) -> list[KnownResource]:
+        """``user``'s remembered resources, sorted by resource (forgotten ones excluded)."""
+        ...
+
+    async def pending(self, user: str, resource: str) -> list[OfflineMessage]:
+        """``user``'s messages not yet delivered to ``resource``, oldest first."""
+        ...
+
+    async def mark_delivered(
+        self, user: str, resource: str, ids: list[int], *, known_since: float, expire_before: float
+    ) -> list[int]:
+        """In one transaction: record that ``resource`` has had the messages ``ids`` (ids that are
+        unknown or another user's are ignored), then delete every message of ``user`` that
+
+        * is stamped before ``expire_before``, or
+        * has been delivered to at least one resource and to every resource of ``user`` last
+          seen at or after ``known_since``.
+
+        Returns the deleted ids, ascending."""
+        ...
+
+    async def expire(self, user: str, *, before: float) -> int:
+        """Delete ``user``'s messages stamped before ``before``; returns how many."""
+        ...
 
 
 class StorageClosedError(RuntimeError):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from meshxmpp.storage.base import OfflineMessage, RosterItem, Storage
+from meshxmpp.storage.base import KnownResource, OfflineMessage, RosterItem, Storage
 
 if TYPE_CHECKING:
     from meshxmpp.c2s.sasl import ScramCredentials
@@ -34,6 +34,9 @@ class _State:
         self.accounts: dict[str, dict[str, ScramCredentials]] = {}
         self.rosters: dict[str, dict[str, RosterItem]] = {}
         self.offline: dict[str, list[OfflineMessage]] = {}
+        # all-resources delivery: user -> resource -> last seen; message id -> resources that had it
+        self.resources: dict[str, dict[str, float]] = {}
+        self.delivered: dict[int, set[str]] = {}
         # Like SQLite AUTOINCREMENT: ids grow across users and are never reused.
         self.ids = itertools.count(1)
 
@@ -66,7 +69,9 @@ class MemoryAccounts:
         if self._s.accounts.pop(user, None) is None:
             return False
         self._s.rosters.pop(user, None)
-        self._s.offline.pop(user, None)
+        for message in self._s.offline.pop(user, ()):
+            self._s.delivered.pop(message.id, None)
+        self._s.resources.pop(user, None)
         return True
 
     async def exists(self, user: str) -> bool:
@@ -131,15 +136,61 @@ class MemoryOffline:
 
     async def delete(self, user: str, ids: list[int]) -> None:
         await trio.lowlevel.checkpoint()
+        self._drop(user, set(ids))
+
+    def _drop(self, user: str, drop: set[int]) -> list[int]:
+        """Delete ``user``'s messages whose id is in ``drop``; returns the ids deleted, ascending."""
         queue = self._s.offline.get(user)
         if not queue:
-            return
-        drop = set(ids)
+            return []
         kept = [m for m in queue if m.id not in drop]
+        gone = [m.id for m in queue if m.id in drop]
+        for i in gone:
+            self._s.delivered.pop(i, None)
         if kept:
             self._s.offline[user] = kept
         else:
             del self._s.offline[user]
+        return gone
+
+    async def remember_resource(self, user: str, resource: str, *, seen: float, forget_before: float) -> None:
+        await trio.lowlevel.checkpoint()
+        known = self._s.resources.setdefault(user, {})
+        known[resource] = max(float(seen), known.get(resource, float(seen)))
+        for name in [r for r, last in known.items() if last < forget_before]:
+            del known[name]
+        if not known:
+            del self._s.resources[user]
+
+    async def known_resources(self, user: str) -> list[KnownResource]:
+        await trio.lowlevel.checkpoint()
+        known = self._s.resources.get(user, {})
+        return [KnownResource(resource=r, last_seen=known[r]) for r in sorted(known)]
+
+    async def pending(self, user: str, resource: str) -> list[OfflineMessage]:
+        await trio.lowlevel.checkpoint()
+        return [m for m in self._s.offline.get(user, ()) if resource not in self._s.delivered.get(m.id, ())]
+
+    async def mark_delivered(
+        self, user: str, resource: str, ids: list[int], *, known_since: float, expire_before: float
+    ) -> list[int]:
+        await trio.lowlevel.checkpoint()
+        queue = self._s.offline.get(user, [])
+        wanted = set(ids)
+        for m in queue:
+            if m.id in wanted:
+                self._s.delivered.setdefault(m.id, set()).add(resource)
+        known = {r for r, last in self._s.resources.get(user, {}).items() if last >= known_since}
+        done = set()
+        for m in queue:
+            had = self._s.delivered.get(m.id, set())
+            if m.stamp < expire_before or (had and known <= had):
+                done.add(m.id)
+        return self._drop(user, done)
+
+    async def expire(self, user: str, *, before: float) -> int:
+        await trio.lowlevel.checkpoint()
+        return len(self._drop(user, {m.id for m in self._s.offline.get(user, ()) if m.stamp < before}))
 
 
 class MemoryStorage(Storage):

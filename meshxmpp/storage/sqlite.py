@@ -28,7 +28,7 @@ import trio
 from sqlite_utils import Database
 
 from meshxmpp.c2s.sasl import ScramCredentials
-from meshxmpp.storage.base import OfflineMessage, RosterItem, Storage, StorageClosedError
+from meshxmpp.storage.base import KnownResource, OfflineMessage, RosterItem, Storage, StorageClosedError
 
 __all__ = ["MIGRATIONS", "SchemaError", "SqliteStorage", "migrate", "schema_version"]
 
@@ -97,7 +97,27 @@ def _m1_initial(db: Database) -> None:
     db.table("offline").create_index(["user", "id"], index_name="offline_user", if_not_exists=True)
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [_m1_initial]
+def _m2_offline_all_resources(db: Database) -> None:
+    # [offline] delivery = "all-resources" (docs/offline.md): the resources each user had
+    # recently, and which resource has had which stored message. A delivery record goes with its
+    # message (ON DELETE CASCADE; the connection enables foreign keys), and the code deletes
+    # them explicitly too, so a connection without foreign keys leaves nothing behind either.
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS offline_resources ("
+        " user TEXT NOT NULL,"
+        " resource TEXT NOT NULL,"
+        " last_seen REAL NOT NULL,"
+        " PRIMARY KEY (user, resource)) WITHOUT ROWID"
+    )
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS offline_delivered ("
+        " id INTEGER NOT NULL REFERENCES offline (id) ON DELETE CASCADE,"
+        " resource TEXT NOT NULL,"
+        " PRIMARY KEY (id, resource)) WITHOUT ROWID"
+    )
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_m1_initial, _m2_offline_all_resources]
 
 
 def schema_version(db: Database) -> int:
@@ -195,6 +215,17 @@ def _item_from_row(row: dict[str, Any]) -> RosterItem:
     )
 
 
+def _delete_messages(db: Database, where: str, params: list[Any] | dict[str, Any]) -> list[int]:
+    """Delete the offline messages matching ``where`` with their delivery records (inside the
+    caller's transaction); returns their ids, ascending."""
+    ids = [int(r[0]) for r in db.execute(f"SELECT id FROM offline WHERE {where} ORDER BY id", params)]
+    if ids:
+        rows = [(i,) for i in ids]
+        db.conn.executemany("DELETE FROM offline_delivered WHERE id = ?", rows)
+        db.conn.executemany("DELETE FROM offline WHERE id = ?", rows)
+    return ids
+
+
 # --- the three parts ----------------------------------------------------------------------
 
 
@@ -239,7 +270,8 @@ class SqliteAccounts:
                 if db.execute("DELETE FROM accounts WHERE user = ?", [user]).rowcount != 1:
                     return False
                 db.execute("DELETE FROM roster WHERE user = ?", [user])
-                db.execute("DELETE FROM offline WHERE user = ?", [user])
+                _delete_messages(db, "user = ?", [user])
+                db.execute("DELETE FROM offline_resources WHERE user = ?", [user])
                 return True
 
         return await self._run(op)
@@ -333,9 +365,82 @@ class SqliteOffline:
 
         def op(db: Database) -> None:
             with _transaction(db):
+                db.conn.executemany(
+                    "DELETE FROM offline_delivered WHERE id IN (SELECT id FROM offline WHERE user = ? AND id = ?)",
+                    params,
+                )
                 db.conn.executemany("DELETE FROM offline WHERE user = ? AND id = ?", params)
 
         await self._run(op)
+
+    async def remember_resource(self, user: str, resource: str, *, seen: float, forget_before: float) -> None:
+        def op(db: Database) -> None:
+            with _transaction(db):
+                db.execute(
+                    "INSERT INTO offline_resources (user, resource, last_seen) VALUES (?, ?, ?)"
+                    " ON CONFLICT (user, resource) DO UPDATE SET last_seen = MAX(last_seen, excluded.last_seen)",
+                    [user, resource, float(seen)],
+                )
+                db.execute(
+                    "DELETE FROM offline_resources WHERE user = ? AND last_seen < ?", [user, float(forget_before)]
+                )
+
+        await self._run(op)
+
+    async def known_resources(self, user: str) -> list[KnownResource]:
+        def op(db: Database) -> list[KnownResource]:
+            cur = db.execute(
+                "SELECT resource, last_seen FROM offline_resources WHERE user = ? ORDER BY resource", [user]
+            )
+            return [KnownResource(resource=str(r), last_seen=float(t)) for r, t in cur]
+
+        return await self._run(op)
+
+    async def pending(self, user: str, resource: str) -> list[OfflineMessage]:
+        def op(db: Database) -> list[OfflineMessage]:
+            cur = db.execute(
+                "SELECT id, stanza, stamp FROM offline o WHERE user = ? AND NOT EXISTS"
+                " (SELECT 1 FROM offline_delivered d WHERE d.id = o.id AND d.resource = ?) ORDER BY id",
+                [user, resource],
+            )
+            return [OfflineMessage(id=int(i), stanza=str(s), stamp=float(t)) for i, s, t in cur]
+
+        return await self._run(op)
+
+    async def mark_delivered(
+        self, user: str, resource: str, ids: list[int], *, known_since: float, expire_before: float
+    ) -> list[int]:
+        params = [(resource, user, int(i)) for i in ids]
+
+        def op(db: Database) -> list[int]:
+            if not params and db.execute("SELECT 1 FROM offline WHERE user = ? LIMIT 1", [user]).fetchone() is None:
+                return []  # nothing to record or delete: no write transaction (the common login)
+            # Records and deletions commit together: after a crash either both happened or neither
+            # did (and the messages are delivered again: at least once, never lost).
+            with _transaction(db):
+                db.conn.executemany(
+                    "INSERT OR IGNORE INTO offline_delivered (id, resource)"
+                    " SELECT id, ? FROM offline WHERE user = ? AND id = ?",
+                    params,
+                )
+                return _delete_messages(
+                    db,
+                    "user = :user AND (stamp < :expire OR ("
+                    " EXISTS (SELECT 1 FROM offline_delivered d WHERE d.id = offline.id)"
+                    " AND NOT EXISTS (SELECT 1 FROM offline_resources r"
+                    "  WHERE r.user = :user AND r.last_seen >= :since AND NOT EXISTS"
+                    "  (SELECT 1 FROM offline_delivered d WHERE d.id = offline.id AND d.resource = r.resource))))",
+                    {"user": user, "expire": float(expire_before), "since": float(known_since)},
+                )
+
+        return await self._run(op)
+
+    async def expire(self, user: str, *, before: float) -> int:
+        def op(db: Database) -> int:
+            with _transaction(db):
+                return len(_delete_messages(db, "user = ? AND stamp < ?", [user, float(before)]))
+
+        return await self._run(op)
 
 
 class SqliteStorage(Storage):

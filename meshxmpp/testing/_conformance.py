@@ -1,28 +1,35 @@
 """Conformance suites: what every implementation of a contract must do.
 
-``check_storage(make_storage)`` runs every storage check; each ``check_*`` function can also
-be run alone (``STORAGE_CHECKS`` lists them, for parametrised tests). ``make_storage`` is a
-zero-argument callable returning a fresh, *unopened*, empty ``Storage``; every check makes
-its own and opens and closes it. The checks use plain ``assert`` and need no pytest, so a
-third-party backend can run them from its own test suite:
-
-    async def test_my_backend(tmp_path):
-        await check_storage(lambda: MyStorage(tmp_path / f"db-{uuid4()}"))
-
-Behaviour pinned here beyond ``docs/internals.md``: ``Accounts.list()`` is sorted,
-``Rosters.items()`` is sorted by jid, results are copies, offline ids increase and are never
-reused, ``Offline.delete`` ignores other users' and unknown ids.
+The storage suite lives in ``_conformance_storage`` (split off when it grew past ~500 lines)
+and is re-exported here, so ``from meshxmpp.testing._conformance import check_storage`` keeps
+working. See that module for how to run it against a backend.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-
-import trio
-
-from meshxmpp.c2s.sasl import ScramCredentials
-from meshxmpp.storage.base import OfflineMessage, RosterItem, Storage
+from meshxmpp.testing._conformance_storage import (
+    STORAGE_CHECKS,
+    MakeStorage,
+    check_account_delete_cascades,
+    check_accounts_crud,
+    check_concurrent_writes,
+    check_credentials_round_trip,
+    check_offline_concurrent_delivery,
+    check_offline_delete_by_ids,
+    check_offline_delivery_records_follow_messages,
+    check_offline_expire,
+    check_offline_known_resources,
+    check_offline_mark_delivered_rules,
+    check_offline_order,
+    check_offline_pending_and_mark_delivered,
+    check_offline_quota,
+    check_roster_groups,
+    check_roster_hidden,
+    check_roster_items,
+    check_roster_upsert,
+    check_storage,
+    check_user_isolation,
+)
 
 __all__ = [
     "STORAGE_CHECKS",
@@ -31,8 +38,14 @@ __all__ = [
     "check_accounts_crud",
     "check_concurrent_writes",
     "check_credentials_round_trip",
+    "check_offline_concurrent_delivery",
     "check_offline_delete_by_ids",
+    "check_offline_delivery_records_follow_messages",
+    "check_offline_expire",
+    "check_offline_known_resources",
+    "check_offline_mark_delivered_rules",
     "check_offline_order",
+    "check_offline_pending_and_mark_delivered",
     "check_offline_quota",
     "check_roster_groups",
     "check_roster_hidden",
@@ -41,449 +54,3 @@ __all__ = [
     "check_storage",
     "check_user_isolation",
 ]
-
-MakeStorage = Callable[[], Storage]
-
-ALICE = "alice@example.org"
-BOB = "bob@example.org"
-CAROL = "carol@example.org"
-
-
-@asynccontextmanager
-async def _opened(make_storage: MakeStorage) -> AsyncIterator[Storage]:
-    storage = make_storage()
-    await storage.open()
-    try:
-        yield storage
-    finally:
-        await storage.close()
-
-
-def _creds(seed: int) -> dict[str, ScramCredentials]:
-    # Every byte value, including NUL and 0xff, and keys of the real lengths.
-    def blob(n: int, k: int) -> bytes:
-        return bytes((seed * 7 + k * 31 + i) % 256 for i in range(n))
-
-    return {
-        "SHA-1": ScramCredentials(
-            hash_name="SHA-1",
-            salt=blob(16, 1),
-            iterations=4096 + seed,
-            stored_key=blob(20, 2),
-            server_key=blob(20, 3),
-        ),
-        "SHA-256": ScramCredentials(
-            hash_name="SHA-256",
-            salt=blob(256, 4),
-            iterations=10000 + seed,
-            stored_key=blob(32, 5),
-            server_key=blob(32, 6),
-        ),
-    }
-
-
-# --- accounts ---------------------------------------------------------------------------
-
-
-async def check_accounts_crud(make_storage: MakeStorage) -> None:
-    async with _opened(make_storage) as s:
-        acc = s.accounts
-        assert await acc.list() == []
-        assert await acc.exists(ALICE) is False
-        assert await acc.get_credentials(ALICE) is None
-
-        assert await acc.create(ALICE, _creds(1)) is True
-        assert await acc.exists(ALICE) is True
-        assert await acc.get_credentials(ALICE) == _creds(1)
-
-        # create never overwrites
-        assert await acc.create(ALICE, _creds(2)) is False
-        assert await acc.get_credentials(ALICE) == _creds(1)
-
-        assert await acc.create(CAROL, _creds(3)) is True
-        assert await acc.create(BOB, _creds(4)) is True
-        assert await acc.list() == [ALICE, BOB, CAROL], "list() is sorted"
-
-        assert await acc.set_credentials(ALICE, _creds(5)) is True
-        assert await acc.get_credentials(ALICE) == _creds(5)
-        assert await acc.get_credentials(BOB) == _creds(4)
-
-        # set_credentials does not create
-        assert await acc.set_credentials("nobody@example.org", _creds(6)) is False
-        assert await acc.exists("nobody@example.org") is False
-
-        assert await acc.delete(ALICE) is True
-        assert await acc.delete(ALICE) is False
-        assert await acc.exists(ALICE) is False
-        assert await acc.get_credentials(ALICE) is None
-        assert await acc.set_credentials(ALICE, _creds(7)) is False
-        assert await acc.list() == [BOB, CAROL]
-
-        # a deleted name can be registered again
-        assert await acc.create(ALICE, _creds(8)) is True
-        assert await acc.get_credentials(ALICE) == _creds(8)
-
-
-async def check_credentials_round_trip(make_storage: MakeStorage) -> None:
-    async with _opened(make_storage) as s:
-        creds = _creds(9)
-        await s.accounts.create(ALICE, creds)
-        got = await s.accounts.get_credentials(ALICE)
-        assert got is not None
-        assert set(got) == {"SHA-1", "SHA-256"}
-        for key, want in creds.items():
-            have = got[key]
-            assert type(have) is ScramCredentials
-            for field in ("salt", "stored_key", "server_key"):
-                value = getattr(have, field)
-                assert type(value) is bytes, f"{key}.{field} is {type(value).__name__}, not bytes"
-                assert value == getattr(want, field), f"{key}.{field} not bytes-exact"
-            assert have.hash_name == want.hash_name
-            assert type(have.iterations) is int and have.iterations == want.iterations
-
-        # one variant only, and edge values, survive as given
-        odd = {
-            "SHA-256": ScramCredentials(
-                hash_name="SHA-256",
-                salt=b"\x00",
-                iterations=1,
-                stored_key=b"\xff" * 32,
-                server_key=b"\x00" * 32,
-            )
-        }
-        assert await s.accounts.set_credentials(ALICE, odd) is True
-        assert await s.accounts.get_credentials(ALICE) == odd
-
-        # the returned dict is the caller's
-        got = await s.accounts.get_credentials(ALICE)
-        assert got is not None
-        got.clear()
-        assert await s.accounts.get_credentials(ALICE) == odd
-
-
-# --- rosters ----------------------------------------------------------------------------
-
-
-async def check_roster_upsert(make_storage: MakeStorage) -> None:
-    async with _opened(make_storage) as s:
-        r = s.rosters
-        assert await r.items(ALICE) == []
-        assert await r.get(ALICE, BOB) is None
-        assert await r.remove(ALICE, BOB) is False
-
-        await r.put(ALICE, RosterItem(BOB))
-        assert await r.get(ALICE, BOB) == RosterItem(BOB), "defaults round trip"
-
-        full = RosterItem(
-            jid=BOB,
-            name="Bob 'the builder' <&>",
-            subscription="both",
-            ask=True,
-            pending_in=True,
-            pending_in_stanza="<presence from='bob@example.org' type='subscribe'><status>hi ✓</status></presence>",
-            approved=True,
-            groups=("Friends", "Work"),
-            hidden=False,
-        )
-        await r.put(ALICE, full)
-        assert await r.get(ALICE, BOB) == full, "every field is replaced on upsert"
-        assert await r.items(ALICE) == [full], "upsert does not duplicate"
-
-        for subscription in ("none", "to", "from", "both"):
-            await r.put(ALICE, RosterItem(BOB, subscription=subscription))
-            assert (await r.get(ALICE, BOB)) == RosterItem(BOB, subscription=subscription)
-
-        assert await r.remove(ALICE, BOB) is True
-        assert await r.remove(ALICE, BOB) is False
-        assert await r.get(ALICE, BOB) is None
-        assert await r.items(ALICE) == []
-
-
-async def check_roster_hidden(make_storage: MakeStorage) -> None:
-    async with _opened(make_storage) as s:
-        r = s.rosters
-        hidden = RosterItem(
-            CAROL,
-            pending_in=True,
-            pending_in_stanza="<presence type='subscribe'/>",
-            hidden=True,
-        )
-        approved = RosterItem("dave@example.org", approved=True, hidden=True)
-        await r.put(ALICE, RosterItem(BOB, subscription="both"))
-        await r.put(ALICE, hidden)
-        await r.put(ALICE, approved)
-        assert await r.get(ALICE, CAROL) == hidden
-        assert await r.items(ALICE) == [RosterItem(BOB, subscription="both"), hidden, approved], (
-            "items() includes hidden ones"
-        )
-
-        # becoming a real item clears the flag
-        await r.put(ALICE, RosterItem(CAROL, name="Carol", subscription="from"))
-        got = await r.get(ALICE, CAROL)
-        assert got is not None and got.hidden is False and got.pending_in is False
-        assert got.pending_in_stanza is None
-
-        assert await r.remove(ALICE, "dave@example.org") is True
-        assert [i.jid for i in await r.items(ALICE)] == [BOB, CAROL]
-
-
-async def check_roster_groups(make_storage: MakeStorage) -> None:
-    async with _opened(make_storage) as s:
-        r = s.rosters
-        groups = ("Zeta", "alpha", "Beta", "Ünïcødé ✓", "with,comma", 'with "quotes"', "")
-        await r.put(ALICE, RosterItem(BOB, groups=groups))
-        got = await r.get(ALICE, BOB)
-        assert got is not None
-        assert type(got.groups) is tuple
-        assert got.groups == groups, "group order and spelling are kept"
-        assert (await r.items(ALICE))[0].groups == groups
-
-        await r.put(ALICE, RosterItem(BOB, groups=("Only",)))
-        got = await r.get(ALICE, BOB)
-        assert got is not None and got.groups == ("Only",), "groups are replaced, not merged"
-
-        await r.put(ALICE, RosterItem(BOB))
-        got = await r.get(ALICE, BOB)
-        assert got is not None and got.groups == ()
-
-
-async def check_roster_items(make_storage: MakeStorage) -> None:
-    async with _opened(make_storage) as s:
-        r = s.rosters
-        jids = ["zed@example.org", BOB, "mallory@example.net", CAROL, "example.com"]
-        for jid in jids:
-            await r.put(ALICE, RosterItem(jid, name=jid.upper()))
-        assert [i.jid for i in await r.items(ALICE)] == sorted(jids), "items() is sorted by jid"
-
-        # results are copies: changing one changes nothing stored
-        item = await r.get(ALICE, BOB)
-        assert item is not None
-        item.name = "changed"
-        item.groups = ("x",)
-        listed = await r.items(ALICE)
-        listed[0].subscription = "both"
-        assert await r.get(ALICE, BOB) == RosterItem(BOB, name=BOB.upper())
-        assert (await r.items(ALICE))[0].subscription == "none"
-
-        # and so is what put() took
-        mine = RosterItem("new@example.org", name="before")
-        await r.put(ALICE, mine)
-        mine.name = "after"
-        got = await r.get(ALICE, "new@example.org")
-        assert got is not None and got.name == "before"
-
-
-# --- offline ----------------------------------------------------------------------------
-
-
-async def check_offline_order(make_storage: MakeStorage) -> None:
-    async with _opened(make_storage) as s:
-        o = s.offline
-        assert await o.count(ALICE) == 0
-        assert await o.fetch(ALICE) == []
-        stanzas = [
-            f"<message to='{ALICE}' id='m{i}'><body>#{i} ✓ &amp; {'x' * i * 100}</body></message>"
-            for i in range(8)
-        ]
-        stamps = [1_700_000_000.123456 + i * 0.5 for i in range(8)]
-        for stanza, stamp in zip(stanzas, stamps, strict=True):
-            assert await o.store(ALICE, stanza, stamp=stamp, limit=100) is True
-        assert await o.count(ALICE) == 8
-        got = await o.fetch(ALICE)
-        assert all(type(m) is OfflineMessage for m in got)
-        assert [m.stanza for m in got] == stanzas, "oldest first, stanzas exact"
-        assert [m.stamp for m in got] == stamps, "stamps exact"
-        ids = [m.id for m in got]
-        assert all(type(i) is int for i in ids)
-        assert ids == sorted(ids) and len(set(ids)) == len(ids), "ids increase"
-        assert await o.fetch(ALICE) == got, "fetch does not consume"
-
-
-async def check_offline_quota(make_storage: MakeStorage) -> None:
-    async with _opened(make_storage) as s:
-        o = s.offline
-        for i in range(3):
-            assert await o.store(ALICE, f"<m{i}/>", stamp=float(i), limit=3) is True
-        assert await o.store(ALICE, "<over/>", stamp=9.0, limit=3) is False
-        assert await o.count(ALICE) == 3
-        assert [m.stanza for m in await o.fetch(ALICE)] == ["<m0/>", "<m1/>", "<m2/>"]
-
-        # the limit is per user, and per call
-        assert await o.store(BOB, "<b/>", stamp=1.0, limit=3) is True
-        assert await o.store(ALICE, "<m3/>", stamp=3.0, limit=4) is True
-        assert await o.store(ALICE, "<over/>", stamp=9.0, limit=2) is False
-        assert await o.count(ALICE) == 4
-
-        first = (await o.fetch(ALICE))[0]
-        await o.delete(ALICE, [first.id])
-        assert await o.store(ALICE, "<m4/>", stamp=4.0, limit=4) is True
-        assert await o.store(ALICE, "<over/>", stamp=9.0, limit=4) is False
-
-        assert await o.store(CAROL, "<c/>", stamp=1.0, limit=0) is False
-        assert await o.count(CAROL) == 0
-        assert await o.fetch(CAROL) == []
-
-
-async def check_offline_delete_by_ids(make_storage: MakeStorage) -> None:
-    async with _opened(make_storage) as s:
-        o = s.offline
-        for i in range(5):
-            await o.store(ALICE, f"<a{i}/>", stamp=float(i), limit=100)
-            await o.store(BOB, f"<b{i}/>", stamp=float(i), limit=100)
-        a = await o.fetch(ALICE)
-        b = await o.fetch(BOB)
-
-        await o.delete(ALICE, [])
-        assert await o.count(ALICE) == 5
-
-        # bob's ids and unknown ids are ignored
-        await o.delete(ALICE, [a[1].id, a[3].id, b[0].id, max(m.id for m in a + b) + 1000])
-        assert await o.fetch(ALICE) == [a[0], a[2], a[4]]
-        assert await o.fetch(BOB) == b
-
-        await o.delete(ALICE, [a[1].id])  # already gone
-        assert await o.count(ALICE) == 3
-
-        # deleting the newest does not free its id for reuse
-        newest = max(m.id for m in a + b)
-        await o.delete(BOB, [m.id for m in b])
-        assert await o.fetch(BOB) == []
-        await o.store(BOB, "<again/>", stamp=9.0, limit=100)
-        (again,) = await o.fetch(BOB)
-        assert again.id > newest, "ids are never reused"
-
-        await o.delete(ALICE, [m.id for m in await o.fetch(ALICE)])
-        assert await o.count(ALICE) == 0
-
-
-# --- across parts -----------------------------------------------------------------------
-
-
-async def check_account_delete_cascades(make_storage: MakeStorage) -> None:
-    async with _opened(make_storage) as s:
-        for user in (ALICE, BOB):
-            await s.accounts.create(user, _creds(1))
-            await s.rosters.put(user, RosterItem(CAROL, subscription="both"))
-            await s.rosters.put(user, RosterItem("dave@example.org", hidden=True, approved=True))
-            await s.offline.store(user, f"<for {user}/>", stamp=1.0, limit=10)
-        bob_roster = await s.rosters.items(BOB)
-        bob_offline = await s.offline.fetch(BOB)
-
-        assert await s.accounts.delete(ALICE) is True
-        assert await s.rosters.items(ALICE) == []
-        assert await s.rosters.get(ALICE, CAROL) is None
-        assert await s.offline.count(ALICE) == 0
-        assert await s.offline.fetch(ALICE) == []
-        assert await s.rosters.items(BOB) == bob_roster
-        assert await s.offline.fetch(BOB) == bob_offline
-
-        # a new account under the same name starts empty
-        assert await s.accounts.create(ALICE, _creds(2)) is True
-        assert await s.rosters.items(ALICE) == []
-        assert await s.offline.count(ALICE) == 0
-
-        # deleting a missing account touches nothing
-        await s.rosters.put(CAROL, RosterItem(BOB))
-        await s.offline.store(CAROL, "<x/>", stamp=1.0, limit=10)
-        assert await s.accounts.delete(CAROL) is False
-        assert len(await s.rosters.items(CAROL)) == 1
-        assert await s.offline.count(CAROL) == 1
-
-
-async def check_user_isolation(make_storage: MakeStorage) -> None:
-    async with _opened(make_storage) as s:
-        await s.accounts.create(ALICE, _creds(1))
-        await s.accounts.create(BOB, _creds(2))
-        # the same contact in two rosters is two independent items
-        await s.rosters.put(ALICE, RosterItem(CAROL, name="from alice", groups=("A",)))
-        await s.rosters.put(BOB, RosterItem(CAROL, name="from bob", subscription="to"))
-        await s.offline.store(ALICE, "<a/>", stamp=1.0, limit=10)
-        await s.offline.store(ALICE, "<a2/>", stamp=2.0, limit=10)
-        await s.offline.store(BOB, "<b/>", stamp=1.0, limit=10)
-
-        assert await s.rosters.get(ALICE, CAROL) == RosterItem(CAROL, name="from alice", groups=("A",))
-        assert await s.rosters.get(BOB, CAROL) == RosterItem(CAROL, name="from bob", subscription="to")
-        assert await s.rosters.remove(ALICE, CAROL) is True
-        assert await s.rosters.get(BOB, CAROL) is not None
-        assert [m.stanza for m in await s.offline.fetch(ALICE)] == ["<a/>", "<a2/>"]
-        assert [m.stanza for m in await s.offline.fetch(BOB)] == ["<b/>"]
-        assert await s.accounts.get_credentials(ALICE) == _creds(1)
-        assert await s.accounts.get_credentials(BOB) == _creds(2)
-
-        # users are exact strings: no case folding or bare/full guessing happens here
-        assert await s.accounts.exists("ALICE@example.org") is False
-        assert await s.rosters.items("alice@example.org/laptop") == []
-
-
-async def check_concurrent_writes(make_storage: MakeStorage) -> None:
-    async with _opened(make_storage) as s:
-        tasks, per_task = 10, 15
-
-        async def store_many(n: int) -> None:
-            for i in range(per_task):
-                assert await s.offline.store(ALICE, f"<m t='{n}' i='{i}'/>", stamp=float(i), limit=10_000)
-
-        async def put_many(n: int) -> None:
-            for i in range(per_task):
-                await s.rosters.put(ALICE, RosterItem(f"c{n}-{i}@example.org", groups=(str(n),)))
-
-        async with trio.open_nursery() as nursery:
-            for n in range(tasks):
-                nursery.start_soon(store_many, n)
-                nursery.start_soon(put_many, n)
-        got = await s.offline.fetch(ALICE)
-        assert len(got) == tasks * per_task, "no offline message lost"
-        assert len({m.id for m in got}) == len(got)
-        assert {m.stanza for m in got} == {
-            f"<m t='{n}' i='{i}'/>" for n in range(tasks) for i in range(per_task)
-        }
-        for n in range(tasks):  # each task's own messages stay in its order
-            mine = [m.stanza for m in got if f"t='{n}'" in m.stanza]
-            assert mine == [f"<m t='{n}' i='{i}'/>" for i in range(per_task)]
-        assert len(await s.rosters.items(ALICE)) == tasks * per_task, "no roster item lost"
-
-        # the quota holds under concurrency
-        results: list[bool] = []
-
-        async def store_one(i: int) -> None:
-            results.append(await s.offline.store(BOB, f"<q{i}/>", stamp=0.0, limit=7))
-
-        async with trio.open_nursery() as nursery:
-            for i in range(30):
-                nursery.start_soon(store_one, i)
-        assert results.count(True) == 7 and results.count(False) == 23
-        assert await s.offline.count(BOB) == 7
-
-        # exactly one concurrent create of the same account wins
-        created: list[bool] = []
-
-        async def create(i: int) -> None:
-            created.append(await s.accounts.create(CAROL, _creds(i)))
-
-        async with trio.open_nursery() as nursery:
-            for i in range(10):
-                nursery.start_soon(create, i)
-        assert created.count(True) == 1
-        assert await s.accounts.list() == [CAROL]
-
-
-STORAGE_CHECKS: tuple[Callable[[MakeStorage], Awaitable[None]], ...] = (
-    check_accounts_crud,
-    check_credentials_round_trip,
-    check_roster_upsert,
-    check_roster_hidden,
-    check_roster_groups,
-    check_roster_items,
-    check_offline_order,
-    check_offline_quota,
-    check_offline_delete_by_ids,
-    check_account_delete_cascades,
-    check_user_isolation,
-    check_concurrent_writes,
-)
-
-
-async def check_storage(make_storage: MakeStorage) -> None:
-    """Run every storage check against ``make_storage``; raises AssertionError on the first failure."""
-    for check in STORAGE_CHECKS:
-        await check(make_storage)

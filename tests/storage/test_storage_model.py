@@ -19,6 +19,7 @@ JIDS = ["carol@example.org", "dave@example.org", "example.net"]
 
 users = st.sampled_from(USERS)
 jids = st.sampled_from(JIDS)
+resources = st.sampled_from(["phone", "laptop", "tablet"])
 
 
 def _creds(seed: int) -> dict[str, ScramCredentials]:
@@ -61,6 +62,17 @@ ops = st.one_of(
     st.tuples(st.just("count"), users),
     st.tuples(st.just("fetch"), users),
     st.tuples(st.just("delete_offline"), users, st.lists(st.integers(1, 25), max_size=4)),
+    # all-resources delivery (docs/offline.md); stamps and times are small integers so that the
+    # boundaries (inclusive known_since, strict expire_before) are hit often
+    st.tuples(st.just("store_at"), users, st.integers(0, 6)),
+    st.tuples(st.just("remember"), users, resources, st.integers(0, 6), st.integers(0, 6)),
+    st.tuples(st.just("known"), users),
+    st.tuples(st.just("pending"), users, resources),
+    st.tuples(
+        st.just("mark"), users, resources, st.lists(st.integers(1, 25), max_size=4),
+        st.integers(0, 6), st.integers(0, 6),
+    ),
+    st.tuples(st.just("expire"), users, st.integers(0, 6)),
 )
 
 
@@ -96,6 +108,21 @@ async def _apply(s: Storage, op: tuple[Any, ...]) -> object:
         case ("delete_offline", user, ids):
             await s.offline.delete(user, ids)
             return None
+        case ("store_at", user, stamp):
+            return await s.offline.store(user, f"<at t='{stamp}'/>", stamp=float(stamp), limit=6)
+        case ("remember", user, resource, seen, forget_before):
+            await s.offline.remember_resource(user, resource, seen=float(seen), forget_before=float(forget_before))
+            return None
+        case ("known", user):
+            return await s.offline.known_resources(user)
+        case ("pending", user, resource):
+            return await s.offline.pending(user, resource)
+        case ("mark", user, resource, ids, since, expire):
+            return await s.offline.mark_delivered(
+                user, resource, ids, known_since=float(since), expire_before=float(expire)
+            )
+        case ("expire", user, before):
+            return await s.offline.expire(user, before=float(before))
     raise AssertionError(op)
 
 
@@ -112,6 +139,11 @@ def test_memory_and_sqlite_agree(sequence: list[tuple[Any, ...]]) -> None:
             for user in USERS:
                 assert await sqlite.rosters.items(user) == await memory.rosters.items(user)
                 assert await sqlite.offline.fetch(user) == await memory.offline.fetch(user)
+                assert await sqlite.offline.known_resources(user) == await memory.offline.known_resources(user)
+                for resource in ("phone", "laptop", "tablet"):
+                    assert await sqlite.offline.pending(user, resource) == await memory.offline.pending(
+                        user, resource
+                    )
 
     with tempfile.TemporaryDirectory() as tmp:
         trio.run(main, Path(tmp) / "model.sqlite3")

@@ -294,3 +294,84 @@ async def test_derived_credentials_round_trip(db_path: Path) -> None:
         await s.accounts.create(ALICE, creds)
     async with SqliteStorage(db_path) as s:
         assert await s.accounts.get_credentials(ALICE) == creds
+
+
+# --- migration 2: all-resources offline delivery (docs/offline.md) ---------------------------
+
+
+async def test_migration_2_upgrades_a_version_1_database(db_path: Path) -> None:
+    """A database written before migration 2 keeps its messages and gains the new tables."""
+    db_path.parent.mkdir(parents=True)
+    db = Database(db_path)
+    assert migrate(db, MIGRATIONS[:1]) == 1
+    db.execute("INSERT INTO accounts (user, creds) VALUES (?, '{}')", [ALICE])
+    db.execute("INSERT INTO offline (user, stanza, stamp) VALUES (?, '<old/>', 1.0)", [ALICE])
+    db.conn.commit()
+    db.conn.close()
+
+    async with SqliteStorage(db_path) as s:
+        (old,) = await s.offline.fetch(ALICE)
+        assert old.stanza == "<old/>"
+        assert await s.offline.pending(ALICE, "phone") == [old], "an old message was delivered to nobody"
+        await s.offline.remember_resource(ALICE, "phone", seen=5.0, forget_before=0.0)
+        assert await s.offline.mark_delivered(ALICE, "phone", [old.id], known_since=0.0, expire_before=0.0) == [
+            old.id
+        ]
+    with _raw(db_path) as raw:
+        versions = [r[0] for r in raw.execute("SELECT version FROM schema_version ORDER BY version")]
+        assert versions == [1, 2]
+
+
+async def test_delivery_records_and_known_resources_survive_reopen(db_path: Path) -> None:
+    async with SqliteStorage(db_path) as s:
+        for r in ("phone", "laptop"):
+            await s.offline.remember_resource(ALICE, r, seen=10.0, forget_before=0.0)
+        await s.offline.store(ALICE, "<m/>", stamp=20.0, limit=10)
+        (m,) = await s.offline.fetch(ALICE)
+        assert await s.offline.mark_delivered(ALICE, "phone", [m.id], known_since=0.0, expire_before=0.0) == []
+        known = await s.offline.known_resources(ALICE)
+    async with SqliteStorage(db_path) as s:
+        assert await s.offline.known_resources(ALICE) == known
+        assert await s.offline.pending(ALICE, "phone") == []
+        assert await s.offline.pending(ALICE, "laptop") == [m]
+
+
+async def test_mark_delivered_commits_records_and_deletions_together(db_path: Path) -> None:
+    """A failure inside the transaction leaves neither the records nor the deletions."""
+    async with SqliteStorage(db_path) as s:
+        for r in ("phone", "laptop"):
+            await s.offline.remember_resource(ALICE, r, seen=10.0, forget_before=0.0)
+        for i in range(2):
+            await s.offline.store(ALICE, f"<m{i}/>", stamp=20.0, limit=10)
+        first, second = await s.offline.fetch(ALICE)
+        await s.offline.mark_delivered(ALICE, "laptop", [first.id], known_since=0.0, expire_before=0.0)
+        # Make the DELETE fail after the INSERTs of the same call have run.
+        await s._run(lambda db: db.execute(
+            "CREATE TRIGGER boom BEFORE DELETE ON offline BEGIN SELECT RAISE(ABORT, 'boom'); END"))
+        with pytest.raises(sqlite3.DatabaseError, match="boom"):
+            await s.offline.mark_delivered(ALICE, "phone", [first.id, second.id], known_since=0.0,
+                                           expire_before=0.0)
+        await s._run(lambda db: db.execute("DROP TRIGGER boom"))
+        assert await s.offline.fetch(ALICE) == [first, second]
+        assert await s.offline.pending(ALICE, "phone") == [first, second], "no record of the failed call"
+        with _raw(db_path) as raw:
+            assert raw.execute("SELECT COUNT(*) FROM offline_delivered").fetchone() == (1,)
+
+
+async def test_delivery_records_go_with_their_message(db_path: Path) -> None:
+    async with SqliteStorage(db_path) as s:
+        await s.accounts.create(ALICE, CREDS)
+        await s.offline.remember_resource(ALICE, "phone", seen=1.0, forget_before=0.0)
+        await s.offline.remember_resource(ALICE, "laptop", seen=1.0, forget_before=0.0)
+        for i in range(3):
+            await s.offline.store(ALICE, f"<m{i}/>", stamp=2.0, limit=10)
+        ids = [m.id for m in await s.offline.fetch(ALICE)]
+        await s.offline.mark_delivered(ALICE, "phone", ids, known_since=0.0, expire_before=0.0)
+        await s.offline.delete(ALICE, ids[:1])
+        await s.offline.expire(ALICE, before=0.0)
+        with _raw(db_path) as raw:
+            assert raw.execute("SELECT id FROM offline_delivered ORDER BY id").fetchall() == [(i,) for i in ids[1:]]
+        await s.accounts.delete(ALICE)
+        with _raw(db_path) as raw:
+            for table in ("offline", "offline_delivered", "offline_resources"):
+                assert raw.execute(f"SELECT COUNT(*) FROM {table}").fetchone() == (0,), table

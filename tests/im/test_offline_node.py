@@ -1,0 +1,167 @@
+"""Offline delivery policies on a real node (SQLite storage, TestClient over loopback).
+
+``[offline] delivery = "all-resources"`` against ``"first-resource"`` (XEP-0160), as in
+docs/offline.md. The clock of the stored stamps is injected through ``ctx.now``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from meshxmpp import testing
+from meshxmpp.im import offline
+from meshxmpp.testing import TestClient
+from meshxmpp.xml import ns
+from meshxmpp.xml.element import Element
+
+ALICE = "alice@example.org"
+
+
+def chat(to: str, body: str) -> Element:
+    el = Element("message", ns.CLIENT, {"to": to, "type": "chat"})
+    el.add("body", ns.CLIENT, text=body)
+    return el
+
+
+def is_chat(el: Element) -> bool:
+    return el.name == "message" and el.get("type") == "chat"
+
+
+def is_error(el: Element) -> bool:
+    return el.name == "message" and el.get("type") == "error"
+
+
+def bodies(client: TestClient, pred: Callable[[Element], bool] = is_chat) -> list[str]:
+    out = []
+    for el in client.pending():
+        if pred(el):
+            body = el.find("body", ns.CLIENT)
+            out.append(body.text if body is not None else "")
+    return out
+
+
+@asynccontextmanager
+async def running(**offline_config: Any) -> AsyncIterator[testing.RunningNode]:
+    async with testing.node({"offline": offline_config}, domain="example.org") as n:
+        await n.add_user("alice")
+        await n.add_user("bob")
+        yield n
+
+
+async def online(n: testing.RunningNode, resource: str) -> TestClient:
+    """alice's ``resource`` logs in and sends initial presence; after the ping, every offline
+    message the server had for it has arrived (it delivers them before reading on)."""
+    client = await n.client("alice", resource=resource, presence=True)
+    await client.ping()
+    return client
+
+
+async def offline_now(n: testing.RunningNode, client: TestClient) -> None:
+    await client.aclose()
+    await n.session_count(ALICE, 0)
+
+
+async def was_known(n: testing.RunningNode, *resources: str) -> None:
+    """Each device was online once, so the server knows it."""
+    for resource in resources:
+        await offline_now(n, await online(n, resource))
+
+
+async def send_from_bob(n: testing.RunningNode, *texts: str) -> TestClient:
+    bob = await n.client("bob", resource="b")
+    for text in texts:
+        await bob.send(chat(ALICE, text))
+    await bob.ping()  # the node handled (stored) them before answering
+    return bob
+
+
+async def test_all_resources_phone_then_laptop_then_deleted() -> None:
+    async with running(delivery="all-resources") as n:
+        store = n.ctx.storage.offline
+        await was_known(n, "phone", "laptop")
+        await send_from_bob(n, "while you were out", "and this")
+        assert await store.count(ALICE) == 2
+
+        phone = await online(n, "phone")
+        assert bodies(phone) == ["while you were out", "and this"]
+        delay = phone.pending()[-1].find("delay", ns.DELAY)
+        assert delay is not None and delay.get("from") == "example.org"
+        assert await store.count(ALICE) == 2, "kept for the laptop"
+        await offline_now(n, phone)
+
+        laptop = await online(n, "laptop")
+        assert bodies(laptop) == ["while you were out", "and this"]
+        assert await store.count(ALICE) == 0, "deleted once both devices had them"
+        await offline_now(n, laptop)
+
+        phone = await online(n, "phone")
+        assert bodies(phone) == [], "a relogin does not get them again"
+        await phone.aclose()
+
+
+async def test_all_resources_phone_relogin_before_laptop() -> None:
+    async with running(delivery="all-resources") as n:
+        await was_known(n, "phone", "laptop")
+        await send_from_bob(n, "hello")
+        phone = await online(n, "phone")
+        assert bodies(phone) == ["hello"]
+        await offline_now(n, phone)
+        phone = await online(n, "phone")
+        assert bodies(phone) == []
+        laptop = await online(n, "laptop")  # both online now
+        assert bodies(laptop) == ["hello"]
+        assert bodies(phone) == []
+        assert await n.ctx.storage.offline.count(ALICE) == 0
+        await phone.aclose()
+        await laptop.aclose()
+
+
+async def test_first_resource_is_unchanged() -> None:
+    async with running() as n:  # the default
+        assert n.config.offline.delivery == "first-resource"
+        await was_known(n, "phone", "laptop")
+        await send_from_bob(n, "only once")
+        phone = await online(n, "phone")
+        assert bodies(phone) == ["only once"]
+        assert await n.ctx.storage.offline.count(ALICE) == 0
+        await offline_now(n, phone)
+        laptop = await online(n, "laptop")
+        assert bodies(laptop) == [], "XEP-0160: the first resource took them"
+        assert await n.ctx.storage.offline.known_resources(ALICE) == []
+        await laptop.aclose()
+
+
+async def test_all_resources_quota_still_enforced() -> None:
+    async with running(delivery="all-resources", max_per_user=2) as n:
+        await was_known(n, "phone", "laptop")
+        bob = await send_from_bob(n, "m0", "m1", "m2")
+        (err,) = [el for el in bob.pending() if is_error(el)]
+        assert err.find("error", ns.CLIENT).find("service-unavailable", ns.STANZA_ERRORS) is not None  # type: ignore[union-attr]
+        assert await n.ctx.storage.offline.count(ALICE) == 2
+        phone = await online(n, "phone")
+        assert bodies(phone) == ["m0", "m1"]
+        await phone.aclose()
+        await bob.aclose()
+
+
+async def test_all_resources_max_age_expiry() -> None:
+    async with running(delivery="all-resources") as n:
+        clock = [1_700_000_000.0]
+        n.ctx.now = lambda: clock[0]
+        store = n.ctx.storage.offline
+        await was_known(n, "phone", "laptop")
+        await send_from_bob(n, "old news")
+        clock[0] += offline.MAX_AGE - 60
+        await send_from_bob(n, "fresh")
+
+        phone = await online(n, "phone")
+        assert bodies(phone) == ["old news", "fresh"]
+        await offline_now(n, phone)
+
+        clock[0] += 120  # "old news" is now older than MAX_AGE
+        laptop = await online(n, "laptop")
+        assert bodies(laptop) == ["fresh"], "an expired message is not delivered"
+        assert await store.count(ALICE) == 0, "and it is deleted"
+        await laptop.aclose()
