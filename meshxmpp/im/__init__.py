@@ -19,7 +19,7 @@ __all__ = ["register_all"]
 
 def register_all(hub: Hub, ctx: NodeContext) -> None:
     # Imported here so that ``meshxmpp.im.subscription``, a pure table, imports nothing else.
-    from meshxmpp.im import disco, offline, ping, presence, roster, session_iq, version
+    from meshxmpp.im import carbons, disco, offline, ping, presence, roster, session_iq, version
 
     roster.register(hub, ctx)
     presence.register(hub, ctx)
@@ -28,3 +28,4 @@ def register_all(hub: Hub, ctx: NodeContext) -> None:
     ping.register(hub, ctx)
     version.register(hub, ctx)
     session_iq.register(hub, ctx)
+    carbons.register(hub, ctx)

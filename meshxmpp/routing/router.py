@@ -4,6 +4,11 @@ It decides nothing itself about who receives a message: ``routing.policy.decide`
 function; the router only gathers the facts, asks, and carries out the actions (deliver, carbon,
 store offline, bounce, drop). The hot path (a message to a bound recipient) is plain function calls
 with no ``await``; only work that touches storage returns an awaitable for the caller to await.
+
+Message Carbons (XEP-0280): ``decide`` includes the ``<received/>`` copies of an inbound message;
+for a message a local client sends, the router also asks ``decide_sent_carbons`` for the ``<sent/>``
+copies, but only for a user with a carbons-enabled session (``set_carbons`` counts them per user),
+so a message from anyone else costs one truthiness check of an (often empty) dict.
 """
 
 from __future__ import annotations
@@ -57,6 +62,9 @@ class Router:
         self.accounts = accounts
         self.policy_config = policy_config
         self.stats: dict[str, int] = {}
+        # XEP-0280: bare JID -> how many of its sessions enabled carbons (absent when none). Only a
+        # gate for the sent-carbon path; who gets a copy is read from the sessions by the policy.
+        self._carbons: dict[JID, int] = {}
         for name, handler in (
             ("message/full", self._message_to_user),
             ("message/bare", self._message_to_user),
@@ -110,6 +118,22 @@ class Router:
     def deliver(self, session: Session, el: Element) -> None:
         session.send(el)
 
+    def set_carbons(self, session: Session, enabled: bool) -> None:
+        """XEP-0280 enable/disable for a bound session: sets ``session.carbons`` and keeps the
+        per-user count that gates sent carbons. Set the flag only through here."""
+        if session.carbons == enabled:
+            return
+        session.carbons = enabled
+        if not session.ended:  # else session_ended already took it out of the count
+            self._count_carbons(session.bare, 1 if enabled else -1)
+
+    def _count_carbons(self, bare: JID, delta: int) -> None:
+        count = self._carbons.get(bare, 0) + delta
+        if count > 0:
+            self._carbons[bare] = count
+        else:
+            self._carbons.pop(bare, None)
+
     async def session_ended(self, session: Session) -> None:
         """The connection of ``session`` ended (cleanly or not): unregister it, tell the features.
 
@@ -118,6 +142,8 @@ class Router:
         if session.ended or not hasattr(session, "jid"):
             return
         session.ended = True
+        if session.carbons:
+            self._count_carbons(session.bare, -1)
         self.sessions.unbind(session)
         await self.hub.fire_all("session/end", session)
 
@@ -165,7 +191,15 @@ class Router:
             handled = self.hub.fire(f"pre-{kind}/{self._dest(to)}", event)
             if handled:
                 return handled
+        if self._carbons and kind == "message" and origin.bare in self._carbons:
+            self._sent_carbons(event, origin)
         return self._inbound(event, kind)
+
+    def _sent_carbons(self, event: StanzaEvent, origin: Session) -> None:
+        # XEP-0280 7: the sender's other carbons-enabled sessions get a <sent/> copy. A message to
+        # the user's own account gets none here: `decide` gives its copies (never two per session).
+        facts = facts_from_element(event.stanza, event.to, event.sender)
+        self._execute(event, policy.decide_sent_carbons(facts, self.sessions.of(origin.bare), origin.jid))
 
     def _fire_iq(self, event: StanzaEvent, dest: str) -> Any:
         el = event.stanza
@@ -199,9 +233,11 @@ class Router:
         assert to is not None
         sessions = self.sessions.of(to.bare)
         if sessions:
-            self._execute(event, policy.decide(facts_from_element(event.stanza, to, event.sender),
-                                               sessions, self.policy_config, account_exists=True))
-            return True
+            # Bound sessions but none that takes it (no presence, negative priorities) can still
+            # mean "store offline": that awaitable goes back to the caller, never dropped.
+            pending = self._execute(event, policy.decide(facts_from_element(event.stanza, to, event.sender),
+                                                         sessions, self.policy_config, account_exists=True))
+            return pending or True
         return self._message_no_sessions(event)
 
     async def _message_no_sessions(self, event: StanzaEvent) -> None:
@@ -222,6 +258,7 @@ class Router:
             log.debug("%s -> %s", event.stanza.attrs.get("to"), policy.explain(decision))
         pending = None
         el = event.stanza
+        payload: Element | None = None  # <received|sent><forwarded>el</forwarded></…>, built once
         for action in decision.actions:
             match action:
                 case policy.Deliver(jid=jid):
@@ -231,7 +268,9 @@ class Router:
                 case policy.DeliverCarbon(jid=jid, direction=direction):
                     session = self.sessions.get(jid)
                     if session is not None:
-                        session.send(carbon_copy(el, session.jid, direction))
+                        if payload is None or payload.name != direction:
+                            payload = carbon_payload(el, direction)
+                        session.send(carbon_wrapper(payload, session.jid, el))
                 case policy.StoreOffline():
                     pending = self.hub.fire("message/offline", event)
                     if not pending:
@@ -275,8 +314,36 @@ def _drop(event: StanzaEvent) -> bool:
 
 def carbon_copy(el: Element, to: JID, direction: str) -> Element:
     """XEP-0280 wrapper: <message from=bare to=full><received|sent><forwarded>el</forwarded>..."""
-    wrapper = Element("message", ns.CLIENT, {
-        "from": str(to.bare), "to": str(to), "type": el.attrs.get("type", "normal")})
-    forwarded = wrapper.add(direction, ns.CARBONS).add("forwarded", ns.FORWARD)
-    forwarded.append(el)
-    return wrapper
+    return carbon_wrapper(carbon_payload(el, direction), to, el)
+
+
+def carbon_payload(el: Element, direction: str) -> Element:
+    """``<received|sent xmlns=carbons><forwarded xmlns=forward>el</forwarded></…>``; shared by all the
+    copies of one stanza (elements handed to the router are immutable)."""
+    payload = Element(direction, ns.CARBONS)
+    payload.add("forwarded", ns.FORWARD).append(_in_client_ns(el))
+    return payload
+
+
+def carbon_wrapper(payload: Element, to: JID, el: Element) -> Element:
+    """The wrapping message for the session ``to``: from its bare JID, same type as ``el``."""
+    return Element("message", ns.CLIENT, {
+        "from": str(to.bare), "to": str(to), "type": el.attrs.get("type", "normal")}, [payload])
+
+
+_OTHER_STANZA_NS = frozenset({ns.SERVER, ns.COMPONENT})
+
+
+def _in_client_ns(el: Element) -> Element:
+    # The forwarded message must be a jabber:client <message/> (XEP-0297), serialised with its own
+    # xmlns inside <forwarded/>. A parsed client stanza already is; a hand-built one (ns None
+    # would inherit the forward namespace) or one from a component or server is copied into it.
+    if el.ns == ns.CLIENT:
+        return el
+    return _renamespace(el, top=True)
+
+
+def _renamespace(el: Element, *, top: bool = False) -> Element:
+    el_ns = ns.CLIENT if el.ns in _OTHER_STANZA_NS or (top and el.ns is None) else el.ns
+    return Element(el.name, el_ns, dict(el.attrs),
+                   [c if isinstance(c, str) else _renamespace(c) for c in el.children])
