@@ -448,10 +448,11 @@ def select(policy: str, sessions: Sequence[SessionLike]) -> list[SessionLike]:
 
 
 def _received_carbons(actions: list[Action], sessions: Sequence[SessionLike],
-                      originals: Sequence[SessionLike]) -> None:
-    # XEP-0280 6: a copy to each carbons-enabled (available) resource that did not get the original.
+                      originals: Sequence[SessionLike], sender: JID | None) -> None:
+    # XEP-0280 6: a copy to each carbons-enabled (available) resource that did not get the original,
+    # except the sender itself (a message between two resources of one account).
     for s in sessions:
-        if s.carbons and s.available:
+        if s.carbons and s.available and s.jid != sender:
             for t in originals:
                 if t is s:
                     break
@@ -482,7 +483,7 @@ def _bare_chat(facts: StanzaFacts, sessions: Sequence[SessionLike], cfg: PolicyC
         actions = [_STORE]
         rule = rules["store"]
     if facts.carbon_eligible and not facts.private and not facts.no_copy:
-        _received_carbons(actions, sessions, targets)
+        _received_carbons(actions, sessions, targets, facts.sender)
     return Decision(tuple(actions), rule, via)
 
 
@@ -640,7 +641,7 @@ def decide(facts: StanzaFacts, sessions: Sequence[SessionLike], cfg: PolicyConfi
         deliver = Deliver(target.jid)
         if facts.carbon_eligible and not facts.private and not facts.no_copy:
             actions: list[Action] = [deliver]
-            _received_carbons(actions, sessions, (target,))
+            _received_carbons(actions, sessions, (target,), facts.sender)
             return Decision(tuple(actions), "message/full/deliver")
         return Decision((deliver,), "message/full/deliver")
     handler = FULL.get((facts.kind, facts.type))
