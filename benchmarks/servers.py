@@ -246,6 +246,8 @@ class Meshxmpp(Server):
             f'bind = "{HOST}"\n'
             f"port = {self.port}\n"
             "require_encryption = false\n"
+            "\n[http]\n"
+            "enabled = false\n"
         )
         self._create_accounts(n_accounts)
 

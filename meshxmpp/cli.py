@@ -24,6 +24,7 @@ __all__ = ["build_parser", "main"]
 # `--version`, `check-config` and configuration errors answer quickly.
 
 PROG = "meshxmpp"
+EXPLAIN_TYPES = ("chat", "normal", "headline", "groupchat", "error")
 T = TypeVar("T")
 
 
@@ -126,6 +127,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", parents=[common, node], help="validate the configuration and print OK")
     p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser(
+        "explain",
+        parents=[common],
+        help="ask the running node who would receive a message, and why",
+        description="Ask the running node (over its HTTP listener, [http] in the config) what the routing "
+        "policy would do with a message to --to now: each session of the recipient, who gets the "
+        "message or a carbon copy (or whether it is stored, bounced or dropped), and the rule that fired.",
+    )
+    p.add_argument("--to", metavar="JID", required=True, help="recipient: user@domain or user@domain/resource")
+    p.add_argument("--type", metavar="TYPE", default="chat", choices=EXPLAIN_TYPES,
+                   help="message type: " + ", ".join(EXPLAIN_TYPES) + " (default: chat)")
+    p.add_argument("--from", metavar="JID", dest="sender", help="sender (per-sender policies match on it)")
+    p.add_argument("--timeout", metavar="SECONDS", type=float, default=10.0,
+                   help="how long to wait for the node (default: 10)")
+    p.set_defaults(func=cmd_explain)
     return parser
 
 
@@ -355,4 +372,65 @@ def cmd_listusers(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     print("OK")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# explain
+
+
+def _http_host(bind: str) -> str:
+    # A wildcard bind answers on loopback too.
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(bind, bind)
+
+
+def cmd_explain(config: Config, args: argparse.Namespace) -> int:
+    import http.client
+    import json
+    from urllib.parse import urlencode
+
+    from meshxmpp.http.api import explain_text
+    from meshxmpp.jid import JID, InvalidJID
+
+    for flag, text in (("--to", args.to), ("--from", args.sender)):
+        if text is not None:
+            try:
+                JID.parse(text)
+            except InvalidJID as exc:
+                raise _Fail(f"{flag}: invalid address {text!r}: {exc}", 2) from None
+    if not config.http.enabled:
+        raise _Fail("explain asks the node over HTTP, but [http] enabled = false in the configuration")
+    host, port = _http_host(config.http.bind), config.http.port
+    if port == 0:
+        raise _Fail("[http] port = 0 lets the node pick a free port; explain needs the port it listens on", 2)
+    params = {"to": args.to, "type": args.type}
+    if args.sender is not None:
+        params["from"] = args.sender
+    headers = {"Accept": "application/json"}
+    if config.http.admin_token is not None:
+        headers["Authorization"] = f"Bearer {config.http.admin_token}"
+    where = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+    conn = http.client.HTTPConnection(host, port, timeout=args.timeout)
+    try:
+        conn.request("GET", "/api/explain?" + urlencode(params), headers=headers)
+        response = conn.getresponse()
+        body = response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        if isinstance(exc, TimeoutError):
+            reason = f"no answer within {args.timeout:g} s"
+        else:
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise _Fail(f"no node answers at {where} ({reason}); is it running, with this [http] bind and port?") \
+            from None
+    finally:
+        conn.close()
+    try:
+        report = json.loads(body)
+    except ValueError:
+        report = None
+    if response.status != 200 or not isinstance(report, dict):
+        message = report.get("error") if isinstance(report, dict) else None
+        detail = message or f"unexpected answer: {body[:200]!r}"
+        raise _Fail(f"the node at {where} answered {response.status}: {detail}", 2 if response.status == 400 else 1)
+    print(explain_text(report))
     return 0

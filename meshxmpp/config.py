@@ -590,14 +590,35 @@ class MeshConfig:
         return [parse_peer(p) for p in self.peers]
 
 
+_BEARER_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+
+
+def _is_admin_token(v: Any) -> bool:
+    # RFC 6750 b64token, so it travels unchanged in "Authorization: Bearer <token>"; a short
+    # token is refused because it can be guessed.
+    return isinstance(v, str) and len(v) >= 16 and _BEARER_TOKEN.fullmatch(v) is not None
+
+
 @attrs.define(frozen=True, kw_only=True)
 class HTTPConfig:
-    """HTTP API and metrics; reserved for a later release."""
+    """HTTP listener: health check (`GET /healthz`) and the admin API (`/api/...`, e.g.
+    `GET /api/explain`, which `meshxmpp explain` calls)."""
 
+    enabled: bool = _opt(True, doc="Run the HTTP listener.", expect="true or false")
     bind: str = _opt(
         "127.0.0.1", doc="Address the HTTP listener binds to.", expect=_BIND, check=is_bind_address
     )
     port: int = _opt(5280, doc="HTTP port.", expect=_PORT, check=_in_range(0, 65535))
+    admin_token: str | None = _opt(
+        None,
+        doc="Bearer token that /api/* requires (Authorization: Bearer TOKEN), from any address. "
+        "Unset: /api/* answers only clients on a loopback address, without a token. "
+        "/healthz never needs one.",
+        expect='a token of at least 16 characters from A-Z a-z 0-9 - . _ ~ + / (RFC 6750), '
+        'e.g. the output of "openssl rand -base64 32"',
+        check=_is_admin_token,
+        unset="unset (loopback only)",
+    )
 
 
 @attrs.define(frozen=True, kw_only=True)

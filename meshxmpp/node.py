@@ -13,6 +13,7 @@ from meshxmpp import im
 from meshxmpp.c2s.listener import C2SListener
 from meshxmpp.config import Config
 from meshxmpp.context import NodeContext
+from meshxmpp.http import HttpServer
 from meshxmpp.hub import Hub
 from meshxmpp.routing import policy
 from meshxmpp.routing.router import Router
@@ -33,6 +34,7 @@ class Node:
         self.ctx: NodeContext | None = None
         self.c2s: C2SListener | None = None
         self.c2s_tls: C2SListener | None = None
+        self.http: HttpServer | None = None
         self._cancel: trio.CancelScope | None = None
         self.stopped = trio.Event()
 
@@ -44,6 +46,11 @@ class Node:
     @property
     def direct_tls_port(self) -> int | None:
         return self.c2s_tls.port if self.c2s_tls is not None else None
+
+    @property
+    def http_port(self) -> int | None:
+        """The HTTP listener's bound port; None when ``[http] enabled = false``."""
+        return self.http.port if self.http is not None else None
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         config = self.config
@@ -71,6 +78,9 @@ class Node:
                     if config.c2s.direct_tls_port is not None:
                         self.c2s_tls = C2SListener(ctx, direct_tls=True)
                         await nursery.start(self.c2s_tls.run)
+                    if config.http.enabled:
+                        self.http = HttpServer(ctx, bind=config.http.bind, port=config.http.port)
+                        await nursery.start(self.http.run)
                     if self._want_signals():
                         nursery.start_soon(self._signals)
                     log.info("node serving %s: c2s on %s:%d", config.domain, config.c2s.bind, self.c2s_port)

@@ -342,8 +342,11 @@ def test_adduser_prompt_mismatch_exits_2(tmp_path: Path) -> None:
 
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    # [http] is on by default at 127.0.0.1:5280, which another node on this machine may hold.
+    (tmp_path / "serve.toml").write_text("[http]\nport = 0\n")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "meshxmpp", "serve", "--c2s-port", "0", "--data-dir", "data"],
+        [sys.executable, "-m", "meshxmpp", "--config", "serve.toml", "serve", "--c2s-port", "0",
+         "--data-dir", "data"],
         cwd=tmp_path,
         env=env(),
         stdin=subprocess.DEVNULL,
@@ -415,7 +418,7 @@ def test_serve_port_in_use_is_one_line_exit_1(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        (tmp_path / "m.toml").write_text(f'[c2s]\nbind = "127.0.0.1"\nport = {port}\n')
+        (tmp_path / "m.toml").write_text(f'[c2s]\nbind = "127.0.0.1"\nport = {port}\n[http]\nport = 0\n')
         r = run(tmp_path, "--config", "m.toml", "serve", timeout=60)
     assert r.returncode == 1, r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("meshxmpp: ")]

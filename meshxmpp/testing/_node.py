@@ -38,6 +38,14 @@ class RunningNode:
     def c2s_address(self) -> tuple[str, int]:
         return ("127.0.0.1", self.node.c2s_port)
 
+    @property
+    def http_address(self) -> tuple[str, int]:
+        """Where the node's HTTP listener (health check, admin API) answers."""
+        port = self.node.http_port
+        if port is None:
+            raise RuntimeError("the HTTP listener is disabled ([http] enabled = false)")
+        return ("127.0.0.1", port)
+
     async def add_user(self, local: str, password: str = "secret") -> tuple[str, str]:
         jid = f"{local}@{self.domain}"
         assert self.node.ctx is not None
@@ -88,6 +96,7 @@ async def node(overrides: dict[str, Any] | None = None, *, data_dir: str | None 
             "domain": "localhost",
             "data_dir": data_dir or tmp,
             "c2s": {"bind": "127.0.0.1", "port": 0, "require_encryption": False},
+            "http": {"bind": "127.0.0.1", "port": 0},
         }
         config = load_config(None, _merge(_merge(base, top_level), overrides or {}))
         the_node = Node(config, handle_signals=False)

@@ -1,0 +1,302 @@
+"""HTTP routes as plain functions ``(ctx, Request) -> Response``; no sockets, no h11 here.
+
+``http.server`` turns bytes into a `Request` and a `Response` back into bytes; `handle` picks the
+route, checks access to ``/api/*`` and turns `HTTPError` into a JSON error. Routes:
+
+- ``GET /healthz``: 200 ``ok`` while the node runs (liveness); never needs a token.
+- ``GET /api/explain?to=JID[&type=chat][&from=JID]``: what the routing policy would do with a
+  message of that type to ``to`` right now, as JSON (`explain_report`); `explain_text` renders it
+  for ``meshxmpp explain``.
+
+Access to ``/api/*``: with ``[http] admin_token`` set, ``Authorization: Bearer TOKEN`` (401
+otherwise); without it, only clients on a loopback address (403 otherwise).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from meshxmpp.jid import JID, InvalidJID
+from meshxmpp.routing import policy
+from meshxmpp.routing.facts import MESSAGE_TYPES, facts_from_element
+from meshxmpp.xml import ns
+from meshxmpp.xml.element import Element
+
+if TYPE_CHECKING:
+    from meshxmpp.config import HTTPConfig
+    from meshxmpp.context import NodeContext
+
+__all__ = [
+    "ROUTES",
+    "HTTPError",
+    "Request",
+    "Response",
+    "authorize",
+    "error_response",
+    "explain",
+    "explain_report",
+    "explain_text",
+    "handle",
+    "healthz",
+    "is_loopback",
+    "json_response",
+]
+
+JSON = "application/json"
+TEXT = "text/plain; charset=utf-8"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str  #: "GET", "HEAD", ...
+    path: str  #: the target's path, not decoded: "/api/explain"
+    query: Mapping[str, Sequence[str]] = field(default_factory=dict)  #: decoded, every value of a name
+    headers: Mapping[str, str] = field(default_factory=dict)  #: lowercase names; repeats joined by ", "
+    body: bytes = b""
+    peer: str = ""  #: the client's IP address ("" when unknown)
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = JSON
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class HTTPError(Exception):
+    """Raised by a route: answered as ``{"error": message, "status": status}``."""
+
+    def __init__(self, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+def json_response(obj: Any, status: int = 200, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    body = json.dumps(obj, ensure_ascii=False, indent=2).encode("utf-8") + b"\n"
+    return Response(status, body, JSON, headers)
+
+
+def error_response(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    return json_response({"error": message, "status": status}, status, headers)
+
+
+Route = Callable[["NodeContext", Request], Awaitable[Response]]
+
+
+# -- access ---------------------------------------------------------------------------------------
+
+
+def is_loopback(address: str) -> bool:
+    """Is ``address`` (an IP, maybe with an IPv6 zone) a loopback address, IPv4-mapped included?"""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
+
+
+def _digest(text: str) -> bytes:
+    # Compared as digests: equal lengths, so the comparison time says nothing about the token's length.
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()
+
+
+def authorize(http: HTTPConfig, request: Request) -> None:
+    """Raise `HTTPError` (401 or 403) unless ``request`` may use ``/api/*``."""
+    token = http.admin_token
+    if token is None:
+        if not is_loopback(request.peer):
+            raise HTTPError(403, "the admin API answers only loopback clients unless [http] admin_token is set")
+        return
+    scheme, _, credentials = request.headers.get("authorization", "").strip().partition(" ")
+    given = credentials.strip() if scheme.lower() == "bearer" else ""
+    # Always compare, also when the header is missing, so every refusal costs the same.
+    if not hmac.compare_digest(_digest(given), _digest(token)):
+        raise HTTPError(401, "a valid bearer token is required (Authorization: Bearer TOKEN)",
+                        (("WWW-Authenticate", 'Bearer realm="meshxmpp"'),))
+
+
+# -- routes ---------------------------------------------------------------------------------------
+
+
+async def healthz(ctx: NodeContext, request: Request) -> Response:
+    return Response(200, b"ok", TEXT)
+
+
+def _param(request: Request, name: str) -> str | None:
+    values = request.query.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise HTTPError(400, f"parameter {name!r} given {len(values)} times")
+    return values[0]
+
+
+def _jid(text: str, name: str) -> JID:
+    try:
+        return JID.parse(text)
+    except InvalidJID as exc:
+        raise HTTPError(400, f"parameter {name!r} is not a valid JID: {exc}") from None
+
+
+async def explain(ctx: NodeContext, request: Request) -> Response:
+    """``GET /api/explain?to=JID&type=chat&from=JID``: the policy decision for such a message now."""
+    to_text = _param(request, "to")
+    if not to_text:
+        raise HTTPError(400, "parameter 'to' is required (a JID of this node's domain)")
+    type_ = _param(request, "type") or "chat"
+    if type_ not in MESSAGE_TYPES:
+        raise HTTPError(400, f"parameter 'type' must be one of {', '.join(sorted(MESSAGE_TYPES))}")
+    to = _jid(to_text, "to")
+    if to.local is None or to.domain != ctx.domain:
+        raise HTTPError(400, f"parameter 'to' must be an account of this node's domain ({ctx.domain})")
+    from_text = _param(request, "from")
+    sender = _jid(from_text, "from") if from_text else None
+    exists = await ctx.storage.accounts.exists(str(to.bare))
+    # Read after the await, as the router does: the sessions as they are now.
+    sessions = ctx.sessions.of(to.bare)
+    return json_response(explain_report(to, type_, sender, sessions, ctx.router.policy_config,
+                                        account_exists=exists))
+
+
+ROUTES: Mapping[str, Mapping[str, Route]] = {
+    "/healthz": {"GET": healthz},
+    "/api/explain": {"GET": explain},
+}
+
+
+async def handle(ctx: NodeContext, request: Request) -> Response:
+    """Answer one request: access check for ``/api/*``, then the route (404, 405 when none)."""
+    path = request.path
+    try:
+        if path == "/api" or path.startswith("/api/"):
+            authorize(ctx.config.http, request)
+        methods = ROUTES.get(path)
+        if methods is None:
+            raise HTTPError(404, f"no such resource: {path}")
+        route = methods.get("GET" if request.method == "HEAD" else request.method)
+        if route is None:
+            allowed = sorted(methods) + (["HEAD"] if "GET" in methods else [])
+            raise HTTPError(405, f"method {request.method} is not allowed on {path}",
+                            (("Allow", ", ".join(allowed)),))
+        return await route(ctx, request)
+    except HTTPError as exc:
+        return error_response(exc.status, exc.message, exc.headers)
+
+
+# -- explain: the report (pure) and its text -------------------------------------------------------
+
+
+def _action(action: policy.Action) -> dict[str, Any]:
+    match action:
+        case policy.Deliver(jid=jid):
+            return {"action": "deliver", "jid": str(jid)}
+        case policy.DeliverCarbon(jid=jid, direction=direction):
+            return {"action": "carbon", "jid": str(jid), "direction": direction}
+        case policy.StoreOffline():
+            return {"action": "store-offline"}
+        case policy.Bounce(condition=condition, error_type=error_type):
+            return {"action": "bounce", "condition": condition, "error_type": error_type}
+        case policy.Drop():
+            return {"action": "drop"}
+    raise AssertionError(f"unknown action {action!r}")
+
+
+def explain_report(to: JID, type_: str, sender: JID | None, sessions: Sequence[policy.SessionLike],
+                   cfg: policy.PolicyConfig, *, account_exists: bool) -> dict[str, Any]:
+    """What the router would do with a ``type_`` message with a body from ``sender`` to ``to``:
+    the same `facts_from_element` and `policy.decide` calls, and `policy.explain`'s text (the
+    router's debug log line)."""
+    el = Element("message", ns.CLIENT, {"to": str(to), "type": type_, "id": "explain"})
+    if sender is not None:
+        el.set("from", str(sender))
+    el.add("body", ns.CLIENT, text="(explain)")
+    decision = policy.decide(facts_from_element(el, to, sender), sessions, cfg,
+                             account_exists=account_exists)
+    rule = policy.RULES_BY_NAME[decision.rule]
+    return {
+        "to": str(to),
+        "type": type_,
+        "from": None if sender is None else str(sender),
+        "policy": cfg.policy_for(sender),
+        "account_exists": account_exists,
+        "rule": decision.rule,
+        "rule_ref": rule.ref,
+        "rule_summary": rule.summary,
+        "via": decision.via,
+        "actions": [_action(a) for a in decision.actions],
+        "sessions": [
+            {"jid": str(s.jid), "available": s.available, "priority": s.priority, "show": s.show,
+             "carbons": s.carbons}
+            for s in sessions
+        ],
+        "explain": policy.explain(decision),
+    }
+
+
+def _session_state(s: Mapping[str, Any]) -> str:
+    state = "available" if s["available"] else "no presence"
+    show = s.get("show") or "-"
+    carbons = "on" if s.get("carbons") else "off"
+    return f"{state}, priority {s['priority']}, show {show}, carbons {carbons}"
+
+
+def _outcome(action: Mapping[str, Any]) -> str:
+    kind = action["action"]
+    if kind == "deliver":
+        return f"deliver to {action['jid']}"
+    if kind == "carbon":
+        return f"carbon copy ({action['direction']}) to {action['jid']}"
+    if kind == "store-offline":
+        return "store offline (delivered when the user comes back)"
+    if kind == "bounce":
+        return f"bounce to the sender: {action['condition']} ({action['error_type']})"
+    if kind == "drop":
+        return "drop silently"
+    return str(kind)
+
+
+def explain_text(report: Mapping[str, Any]) -> str:
+    """``meshxmpp explain``'s output for an `explain_report` (as decoded from JSON)."""
+    bare = str(report["to"]).split("/", 1)[0]
+    sender = report.get("from")
+    lines = [f"{report['type']} message to {report['to']}" + (f" from {sender}" if sender else ""),
+             f"policy: {report['policy']}"]
+    per_jid: dict[str, list[str]] = {}
+    for action in report["actions"]:
+        if "jid" in action:
+            receives = "deliver" if action["action"] == "deliver" else f"carbon ({action['direction']})"
+            per_jid.setdefault(action["jid"], []).append(receives)
+    sessions = report["sessions"]
+    if not report.get("account_exists", True):
+        lines.append(f"sessions of {bare}: none (no such account)")
+    elif not sessions:
+        lines.append(f"sessions of {bare}: none bound")
+    else:
+        lines.append(f"sessions of {bare}:")
+        jid_width = max(len(s["jid"]) for s in sessions)
+        states = [_session_state(s) for s in sessions]
+        state_width = max(len(st) for st in states)
+        for s, state in zip(sessions, states, strict=True):
+            gets = ", ".join(per_jid.get(s["jid"], [])) or "nothing"
+            lines.append(f"  {s['jid']:<{jid_width}}  {state:<{state_width}}  -> {gets}")
+    lines.append("outcome:")
+    lines += [f"  {_outcome(a)}" for a in report["actions"]] or ["  nothing"]
+    rule = str(report["rule"])
+    if report.get("via"):
+        rule = f"{report['via']}, then {rule}"
+    lines.append(f"rule: {rule} ({report.get('rule_ref', '')})")
+    if report.get("rule_summary"):
+        lines.append(f"      {report['rule_summary']}")
+    lines.append(f"debug log line: {report['explain']}")
+    return "\n".join(lines)
