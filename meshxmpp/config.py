@@ -386,10 +386,22 @@ class OfflineConfig:
     )
     delivery: str = _opt(
         "first-resource",
-        doc="Who gets stored messages: the first resource to send initial presence, or every "
-        "resource that comes online before they are fetched.",
+        doc="Who gets stored messages: the first resource to send initial presence (XEP-0160), or "
+        "every recently seen resource, each once (see docs/offline.md).",
         expect=_choices(OFFLINE_DELIVERY),
         check=_one_of(OFFLINE_DELIVERY),
+    )
+    resource_memory: float = _opt(
+        30 * 24 * 3600.0,
+        doc="all-resources: seconds after which a resource not seen is forgotten (no longer waited for).",
+        expect="a number of seconds > 0",
+        check=lambda v: v > 0,
+    )
+    max_age: float = _opt(
+        7 * 24 * 3600.0,
+        doc="all-resources: seconds after which a stored message is no longer delivered, and deleted.",
+        expect="a number of seconds > 0",
+        check=lambda v: v > 0,
     )
 
 

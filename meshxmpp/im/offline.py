@@ -47,8 +47,7 @@ STORED_TYPES = frozenset({"chat", "normal"})
 
 FIRST_RESOURCE = "first-resource"
 ALL_RESOURCES = "all-resources"
-# TODO(config): become ``[offline] resource_memory`` and ``[offline] max_age`` in config.py;
-# until then these module constants are the values (seconds), used by "all-resources" only.
+# The defaults of ``[offline] resource_memory`` and ``max_age`` (config.py; seconds, all-resources only).
 RESOURCE_MEMORY = 30 * 24 * 3600.0  # a resource not seen for this long is forgotten
 MAX_AGE = 7 * 24 * 3600.0  # a stored message older than this is never delivered, and deleted
 RECORD_TIMEOUT = 30.0  # bound on the shielded write that records a delivery
@@ -82,8 +81,8 @@ class Offline:
         self.ctx = ctx
         self.locks = KeyedLocks()
         self.all_resources = ctx.config.offline.delivery == ALL_RESOURCES
-        self.resource_memory = float(getattr(ctx.config.offline, "resource_memory", RESOURCE_MEMORY))
-        self.max_age = float(getattr(ctx.config.offline, "max_age", MAX_AGE))
+        self.resource_memory = float(ctx.config.offline.resource_memory)
+        self.max_age = float(ctx.config.offline.max_age)
         # all-resources: the sessions remembered as known resources, by full JID, so that their
         # end refreshes last_seen (a replaced session's end does not).
         self._remembered: dict[JID, Session] = {}
