@@ -1,0 +1,1 @@
+"""The mesh: membership (SWIM), the replicated directory, forwarding and the node-to-node transport."""
