@@ -6,7 +6,10 @@ Per connection (``handle_stream``): the connection's nursery runs the session's 
 resource is bound, all under ``fail_after``-style deadlines from ``[c2s]``. After binding, every
 complete stanza of one read is stamped with the session's JID and routed before the next ``await``;
 the router's result is awaited only when it is awaitable (storage work), so one connection's
-stanzas keep their order. Nothing raised inside a connection escapes it.
+stanzas keep their order. What those stanzas queue for other sessions is written at the end of the
+read by this task (``session.hold_wakeups``/``flush_held``), and on a plain TCP socket the bound
+stream is read without ``receive_some`` (see ``_Connection._established``). Nothing raised inside
+a connection escapes it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import os
 import random
 import ssl
 from collections import deque
@@ -40,7 +44,7 @@ from meshxmpp.c2s.negotiation import (
     State,
     classify,
 )
-from meshxmpp.c2s.session import Session
+from meshxmpp.c2s.session import Session, flush_held, hold_wakeups, socket_fileno
 from meshxmpp.jid import JID, InvalidJID
 from meshxmpp.xml import ns
 from meshxmpp.xml.errors import StreamError
@@ -63,8 +67,14 @@ LINGER_MAX_BYTES = 1 << 20
 #: Bound on the shielded cleanup (router.session_ended, aclose).
 CLEANUP_TIMEOUT = 5.0
 SECRET_FILE = "c2s-secret.key"
+#: The idle deadline is extended by ``idle_timeout * IDLE_SLACK`` more than needed, so that it
+#: moves once per that many seconds, not on every read (see ``_Connection._established``).
+IDLE_SLACK = 1 / 16
 _ROUTABLE = frozenset({"message", "presence", "iq"})
 _NETWORK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError)
+_wait_readable = trio.lowlevel.wait_readable
+_checkpoint = trio.lowlevel.checkpoint
+_read = os.read
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,42 +383,99 @@ class _Connection:
                 return False
 
     async def _established(self) -> None:
-        """The bound stream: route stanzas, keep the idle deadline."""
+        """The bound stream: route stanzas, keep the idle deadline.
+
+        On a plain TCP transport the reader reads the socket itself, with fewer system calls and
+        checkpoints than ``receive_some`` (which tries a read before every wait, and on an idle
+        socket that read fails with EAGAIN): after a read that did not fill the buffer the socket
+        is most likely drained, so it waits for readability first; after a full read it tries
+        at once, behind a checkpoint (a client that keeps the socket full must not starve the
+        other tasks). Errors map as in ``SocketStream``. Only this task reads this socket, and
+        the connection closes it only after this task has returned; a closed socket reports
+        descriptor -1, so a descriptor number reused by another connection is never read.
+
+        The idle deadline is moved lazily: a read pushes it to ``now + idle * (1 + IDLE_SLACK)``
+        only once less than ``idle`` is left, so a busy connection touches Trio's deadline heap
+        about once per ``idle * IDLE_SLACK`` seconds instead of once per read. The stream is
+        closed after between ``idle`` and ``idle * (1 + IDLE_SLACK)`` seconds without input."""
         session, neg, pending = self.session, self.neg, self.pending
         route = self.ctx.router.route
         now = self.ctx.now
         jid = session.jid_str
         idle = self.c2s.idle_timeout
+        extend = idle * (1.0 + IDLE_SLACK)
         stream = self.stream
-        with trio.CancelScope(deadline=trio.current_time() + idle) as idle_scope:
+        fileno = socket_fileno(stream)
+        client_ns = ns.CLIENT
+        current_time = trio.current_time
+        deadline = current_time() + idle
+        drained = True  # the last read did not fill the buffer
+        with trio.CancelScope(deadline=deadline) as idle_scope:
             while True:
-                while pending:
-                    event = pending.popleft()
-                    if type(event) is StanzaReceived:
-                        el = event.element
-                        if (
-                            el.ns == ns.CLIENT
-                            and el.name in _ROUTABLE
-                            and (el.name != "iq" or classify(event) is not Input.SESSION)
-                        ):
-                            session.stanzas_in += 1
-                            el.set("from", jid)  # never trust the client's
-                            result = route(el, session)
-                            if result is not None:
-                                await result
-                            if session.closed:
-                                return
-                            continue
-                    # the legacy session iq, the closing tag, a stream error, anything unexpected
-                    await self._apply(neg.receive(event))
-                    if session.closed:
-                        return
-                data = await stream.receive_some(READ_SIZE)
+                # Held wakeups (session.py): what the stanzas of this read queue for parked
+                # writers is written by flush_held(). Invariant: no await while held, so every
+                # await below is preceded by flush_held() (the finally covers the exits).
+                hold_wakeups()
+                try:
+                    while pending:
+                        event = pending.popleft()
+                        if type(event) is StanzaReceived:
+                            el = event.element
+                            name = el.name
+                            if (
+                                el.ns == client_ns
+                                and name in _ROUTABLE
+                                and (name != "iq" or classify(event) is not Input.SESSION)
+                            ):
+                                session.stanzas_in += 1
+                                el.set("from", jid)  # never trust the client's
+                                result = route(el, session)
+                                if result is not None:
+                                    flush_held()
+                                    await result
+                                    hold_wakeups()
+                                if session.closed:
+                                    return
+                                continue
+                        # the legacy session iq, the closing tag, a stream error, anything else
+                        flush_held()
+                        await self._apply(neg.receive(event))
+                        hold_wakeups()
+                        if session.closed:
+                            return
+                finally:
+                    flush_held()
+                if fileno is None:
+                    data = await stream.receive_some(READ_SIZE)
+                else:
+                    if drained:
+                        fd = fileno()
+                        if fd < 0:
+                            raise trio.ClosedResourceError("socket was already closed")
+                        await _wait_readable(fd)
+                    else:
+                        await _checkpoint()
+                    while True:
+                        fd = fileno()
+                        if fd < 0:
+                            raise trio.ClosedResourceError("socket was already closed")
+                        try:
+                            data = _read(fd, READ_SIZE)
+                            break
+                        except BlockingIOError:
+                            pass
+                        except OSError as exc:
+                            raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+                        await _wait_readable(fd)
+                    drained = len(data) < READ_SIZE
                 if not data:
                     log.debug("%s: peer closed the connection", self.peer)
                     session.abort("eof")
                     return
-                idle_scope.deadline = trio.current_time() + idle
+                t = current_time()
+                if t + idle > deadline:
+                    deadline = t + extend
+                    idle_scope.deadline = deadline
                 session.last_activity = now()
                 session.bytes_in += len(data)
                 if not self._feed(data):

@@ -7,11 +7,33 @@ task if that task is parked. The writer takes everything queued and writes it wi
 ``send_all``, so every stanza produced for this connection during one scheduling tick leaves in one
 system call. The outbox is bounded: a client that reads slower than it is sent to is disconnected
 instead of growing our memory.
+
+On a plain TCP transport (``trio.SocketStream``) the writer first writes the outbox with one
+synchronous non-blocking ``write(2)`` on the socket's descriptor. While the client keeps up that is
+all it takes, without ``send_all``'s checkpoints and the ``fail_after`` cancel scope, which cost
+more than the system call itself. Only a partial write (the socket buffer is full) falls back to
+``await send_all(rest)`` under the write timeout; a write error aborts the session like a failed
+``send_all``. The descriptor is asked from the socket before every write, never kept: a closed
+socket reports -1, so a descriptor number reused by another connection is never written. (The
+listener closes the stream only after the writer task has ended anyway.) TLS transports always
+take the ``send_all`` path.
+
+Held wakeups: while a connection's reader handles the stanzas of one read (between
+``hold_wakeups()`` and ``flush_held()``, with no ``await`` in between), a stanza queued for a
+session whose writer is parked on a plain TCP socket does not wake that writer; the session is
+noted, and ``flush_held()`` writes each noted outbox with the same synchronous write, from the
+reader's task. Fan-out still leaves in one system call per recipient, and a delivery to a client
+that keeps up costs no task switch at all. A write that is partial, fails, or ends the stream
+(or a ``wait_flushed()`` waiting) hands over to the writer task. The state is per thread (each
+thread may run its own Trio loop); stanzas queued outside a held section wake the writer as before.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,9 +45,21 @@ if TYPE_CHECKING:
     from meshxmpp.jid import JID
     from meshxmpp.xml.element import Element
 
-__all__ = ["Session", "SessionStatistics"]
+__all__ = ["Session", "SessionStatistics", "flush_held", "hold_wakeups", "socket_fileno"]
 
 log = logging.getLogger("meshxmpp.c2s")
+
+_reschedule = trio.lowlevel.reschedule
+_write = os.write
+
+
+def socket_fileno(stream: object) -> Callable[[], int] | None:
+    """For a plain TCP stream, the ``fileno`` method of its socket (the fast paths' way to the
+    descriptor: it returns -1 once the socket is closed); None for any other stream.
+
+    It is the stdlib socket's bound method (Trio forwards the attribute), looked up once: going
+    through Trio's ``__getattr__`` on every read and write costs more than the call."""
+    return stream.socket.fileno if isinstance(stream, trio.SocketStream) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +72,57 @@ class SessionStatistics:
     closed: bool
 
 
+def _write_now(fileno: Callable[[], int], data: bytearray) -> int:
+    """One non-blocking write on a socket; the number of bytes taken (0: it would block).
+
+    Raises like ``SocketStream.send_all``: ClosedResourceError for a closed socket (its descriptor
+    is -1 from close() on, so a descriptor number reused by another connection is never written),
+    BrokenResourceError for EPIPE, ECONNRESET and any other OSError."""
+    fd = fileno()
+    if fd < 0:
+        raise trio.ClosedResourceError("socket was already closed")
+    try:
+        return _write(fd, data)
+    except BlockingIOError:
+        return 0
+    except OSError as exc:
+        raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+
+
+class _Held(threading.local):
+    """Per thread: whether wakeups are held, and the sessions whose writer a flush must do."""
+
+    active = False
+
+    def __init__(self) -> None:
+        self.sessions: list[Session] = []
+
+
+_held = _Held()
+
+
+def hold_wakeups() -> None:
+    """Start a synchronous section after which ``flush_held()`` is called (before any await)."""
+    _held.active = True
+
+
+def flush_held() -> None:
+    """End the section: write the outboxes of the sessions queued to during it."""
+    held = _held
+    held.active = False
+    sessions = held.sessions
+    if sessions:
+        held.sessions = []
+        for session in sessions:
+            session._flush_held()
+
+
 class Session:
     """A client connection; once bound (``jid`` set) the router and features see it.
 
     Attributes listed in docs/internals.md are public; the outbox machinery is driven by
-    ``c2s.listener`` (``write_loop``, ``wait_flushed``, ``replace_stream``, ``abort``).
+    ``c2s.listener`` (``write_loop``, ``wait_flushed``, ``replace_stream``, ``abort``, and the
+    module's ``hold_wakeups``/``flush_held``).
     """
 
     __slots__ = (
@@ -52,6 +132,8 @@ class Session:
         "_jid_str",
         "_outbox",
         "_outbox_limit",
+        "_fileno",
+        "_held",
         "_parked",
         "_stream",
         "_write_timeout",
@@ -115,10 +197,12 @@ class Session:
         # on abort. Set by the listener before the writer starts.
         self.cancel_scope: trio.CancelScope | None = None
         self._stream = stream
+        self._fileno = socket_fileno(stream)
         self._outbox = bytearray()
         self._outbox_limit = outbox_limit
         self._write_timeout = write_timeout
         self._parked: trio.lowlevel.Task | None = None
+        self._held = False  # in the current held section's list
         self._writing = False
         self._aborted = False
         self._flushed: trio.Event | None = None
@@ -180,8 +264,39 @@ class Session:
             return
         task = self._parked
         if task is not None:
-            self._parked = None
-            trio.lowlevel.reschedule(task)
+            if _held.active and self._fileno is not None:
+                if not self._held:
+                    self._held = True
+                    _held.sessions.append(self)
+            else:
+                self._parked = None
+                _reschedule(task)
+
+    def _flush_held(self) -> None:
+        """``flush_held()``: do the parked writer's work, or hand it over to the writer."""
+        self._held = False
+        task = self._parked
+        if task is None:
+            return  # woken meanwhile (abort): the writer does the rest
+        data = self._outbox
+        fileno = self._fileno
+        if data and fileno is not None:
+            self._outbox = bytearray()
+            try:
+                sent = _write_now(fileno, data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                log.debug("%r: write failed: %s", self, exc)
+                self.abort("write-failed")  # wakes the writer, which ends the connection
+                return
+            self.bytes_out += sent
+            if sent < len(data):
+                del data[:sent]
+                self._outbox = data  # nothing can have been queued since: no await in between
+            elif not self.closed and self._flushed is None:
+                return
+        # The rest must wait for room, the footer went out, or wait_flushed() waits: the writer.
+        self._parked = None
+        _reschedule(task)
 
     def close(self, condition: str | None = None, text: str | None = None) -> None:
         """End the stream: queue ``<stream:error>`` (when ``condition``) and the footer; the
@@ -215,7 +330,7 @@ class Session:
     # ------------------------------------------------------------------ the writer (async)
 
     async def write_loop(self) -> None:
-        """The connection's only writer: drain the outbox with one ``send_all`` per wakeup.
+        """The connection's only writer: drain the outbox with one write per wakeup.
 
         Returns when the session is closed and everything queued is written, or when the write
         fails (then the session is aborted). Expected network errors never escape."""
@@ -233,6 +348,15 @@ class Session:
                     continue
                 data = self._outbox
                 self._outbox = bytearray()
+                fileno = self._fileno
+                if fileno is not None:
+                    # Fast path: no checkpoint between here and the next park (or send_all), so
+                    # this loop writes at most once per scheduling tick, like send_all did.
+                    sent = _write_now(fileno, data)
+                    self.bytes_out += sent
+                    if sent == len(data):
+                        continue
+                    data = memoryview(data)[sent:]  # the socket buffer is full: wait for room
                 self._writing = True
                 with trio.fail_after(self._write_timeout):
                     await self._stream.send_all(data)
@@ -265,6 +389,7 @@ class Session:
         """Switch the transport (STARTTLS); only between writes, after ``wait_flushed``."""
         assert not self._outbox and not self._writing
         self._stream = stream
+        self._fileno = socket_fileno(stream)
 
     # ------------------------------------------------------------------ introspection
 
