@@ -287,7 +287,8 @@ class C2SConfig:
     )
     idle_timeout: float = _opt(
         600.0,
-        doc="Seconds without any input (keepalives count) before a session is closed.",
+        doc="Seconds without any input (keepalives count) before a session is closed (never earlier; "
+        "at most 1/16 later, since the deadline is extended lazily).",
         expect=_POSITIVE,
         check=lambda v: v > 0,
     )
