@@ -11,6 +11,7 @@ import getpass
 import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from meshxmpp.config import LOG_LEVELS, Config, ConfigError, load_config
@@ -103,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", parents=[common, node], help="run a node in the foreground")
     p.add_argument("--c2s-port", metavar="N", type=_int_or_raw, help="client port (overrides c2s.port)")
+    p.add_argument("--peers", metavar="HOST:PORT,...", type=_peer_list,
+                   help="nodes to join, comma-separated (overrides mesh.peers; needs mesh.secret)")
+    p.add_argument("--mesh-port", metavar="N", type=_int_or_raw, help="mesh port (overrides mesh.port)")
+    p.add_argument("--mesh-bind", metavar="ADDR", help="mesh listener address (overrides mesh.bind)")
+    p.add_argument("--node-name", metavar="NAME", help="this node's name in the cluster (overrides mesh.node_name)")
+    p.add_argument("--mesh-profile", metavar="PROFILE",
+                   help="membership timing preset: lan or test (overrides mesh.profile)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("adduser", parents=[common, node], help="create an account")
@@ -143,7 +151,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", metavar="SECONDS", type=float, default=10.0,
                    help="how long to wait for the node (default: 10)")
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("cluster", parents=[common], help="ask the running node about its cluster (the mesh)")
+    cluster = p.add_subparsers(dest="cluster_command", metavar="CLUSTER_COMMAND", required=True)
+    p = cluster.add_parser(
+        "status",
+        parents=[common],
+        help="members of the cluster, as the running node sees them",
+        description="Ask the running node (over its HTTP listener, [http] in the config) for the cluster "
+        "as it sees it: this node's name and epoch, and each member with its address, state, incarnation "
+        "and number of sessions.",
+    )
+    p.add_argument("--timeout", metavar="SECONDS", type=float, default=10.0,
+                   help="how long to wait for the node (default: 10)")
+    p.add_argument("--json", action="store_true", help="print the node's answer as JSON")
+    p.set_defaults(func=cmd_cluster_status)
     return parser
+
+
+def _peer_list(text: str) -> list[str]:
+    # "a:1, b:2" -> ["a:1", "b:2"]; "" clears the file's peers. Checked by the config layer (mesh.peers[i]).
+    return [p.strip() for p in text.split(",") if p.strip()]
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -153,6 +181,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         ("domain", "domain"),
         ("data_dir", "data_dir"),
         ("c2s_port", "c2s.port"),
+        ("peers", "mesh.peers"),
+        ("mesh_port", "mesh.port"),
+        ("mesh_bind", "mesh.bind"),
+        ("node_name", "mesh.node_name"),
+        ("mesh_profile", "mesh.profile"),
     ):
         value = getattr(args, attr, None)
         if value is not None:
@@ -384,9 +417,55 @@ def _http_host(bind: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(bind, bind)
 
 
-def cmd_explain(config: Config, args: argparse.Namespace) -> int:
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    body: bytes
+    report: Any  # the decoded JSON, None when the body is not JSON
+    where: str  # "http://127.0.0.1:5280", for messages
+
+    @property
+    def error(self) -> str:
+        message = self.report.get("error") if isinstance(self.report, dict) else None
+        return str(message or f"unexpected answer: {self.body[:200]!r}")
+
+
+def _ask_node(config: Config, target: str, *, timeout: float, command: str) -> _Answer:
+    """``GET target`` on the running node's admin API ([http]: address, port and token of ``config``)."""
     import http.client
     import json
+
+    if not config.http.enabled:
+        raise _Fail(f"{command} asks the node over HTTP, but [http] enabled = false in the configuration")
+    host, port = _http_host(config.http.bind), config.http.port
+    if port == 0:
+        raise _Fail(f"[http] port = 0 lets the node pick a free port; {command} needs the port it listens on", 2)
+    headers = {"Accept": "application/json"}
+    if config.http.admin_token is not None:
+        headers["Authorization"] = f"Bearer {config.http.admin_token}"
+    where = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", target, headers=headers)
+        response = conn.getresponse()
+        body = response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        if isinstance(exc, TimeoutError):
+            reason = f"no answer within {timeout:g} s"
+        else:
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise _Fail(f"no node answers at {where} ({reason}); is it running, with this [http] bind and port?") \
+            from None
+    finally:
+        conn.close()
+    try:
+        report = json.loads(body)
+    except ValueError:
+        report = None
+    return _Answer(response.status, body, report, where)
+
+
+def cmd_explain(config: Config, args: argparse.Namespace) -> int:
     from urllib.parse import urlencode
 
     from meshxmpp.http.api import explain_text
@@ -398,39 +477,36 @@ def cmd_explain(config: Config, args: argparse.Namespace) -> int:
                 JID.parse(text)
             except InvalidJID as exc:
                 raise _Fail(f"{flag}: invalid address {text!r}: {exc}", 2) from None
-    if not config.http.enabled:
-        raise _Fail("explain asks the node over HTTP, but [http] enabled = false in the configuration")
-    host, port = _http_host(config.http.bind), config.http.port
-    if port == 0:
-        raise _Fail("[http] port = 0 lets the node pick a free port; explain needs the port it listens on", 2)
     params = {"to": args.to, "type": args.type}
     if args.sender is not None:
         params["from"] = args.sender
-    headers = {"Accept": "application/json"}
-    if config.http.admin_token is not None:
-        headers["Authorization"] = f"Bearer {config.http.admin_token}"
-    where = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
-    conn = http.client.HTTPConnection(host, port, timeout=args.timeout)
-    try:
-        conn.request("GET", "/api/explain?" + urlencode(params), headers=headers)
-        response = conn.getresponse()
-        body = response.read()
-    except (OSError, http.client.HTTPException) as exc:
-        if isinstance(exc, TimeoutError):
-            reason = f"no answer within {args.timeout:g} s"
-        else:
-            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise _Fail(f"no node answers at {where} ({reason}); is it running, with this [http] bind and port?") \
-            from None
-    finally:
-        conn.close()
-    try:
-        report = json.loads(body)
-    except ValueError:
-        report = None
-    if response.status != 200 or not isinstance(report, dict):
-        message = report.get("error") if isinstance(report, dict) else None
-        detail = message or f"unexpected answer: {body[:200]!r}"
-        raise _Fail(f"the node at {where} answered {response.status}: {detail}", 2 if response.status == 400 else 1)
-    print(explain_text(report))
+    answer = _ask_node(config, "/api/explain?" + urlencode(params), timeout=args.timeout, command="explain")
+    if answer.status != 200 or not isinstance(answer.report, dict):
+        raise _Fail(f"the node at {answer.where} answered {answer.status}: {answer.error}",
+                    2 if answer.status == 400 else 1)
+    print(explain_text(answer.report))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# cluster
+
+
+def cmd_cluster_status(config: Config, args: argparse.Namespace) -> int:
+    from meshxmpp.http.api import MESH_DISABLED, cluster_text
+
+    answer = _ask_node(config, "/api/cluster", timeout=args.timeout, command="cluster status")
+    if answer.status == 404 and answer.error == MESH_DISABLED:
+        raise _Fail(f"the node at {answer.where} runs without a mesh (set [mesh] secret to form a cluster)")
+    if answer.status != 200 or not isinstance(answer.report, dict):
+        raise _Fail(f"the node at {answer.where} answered {answer.status}: {answer.error}")
+    if args.json:
+        text = answer.body.decode("utf-8", "replace")
+        print(text, end="" if text.endswith("\n") else "\n")
+    else:
+        try:
+            print(cluster_text(answer.report))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _Fail(f"the node at {answer.where} sent a status this command cannot read ({exc!r}); "
+                        "try --json") from None
     return 0

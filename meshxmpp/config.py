@@ -12,11 +12,13 @@ Validation runs whenever a ``Config`` is built (loading, ``evolve``, direct cons
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import ipaddress
 import json
 import math
+import os
 import re
 import tomllib
 import typing
@@ -34,6 +36,7 @@ from cattrs.errors import (
 from cattrs.gen import make_dict_structure_fn, override
 
 from meshxmpp.jid import JID, InvalidJID, prepare_domainpart
+from meshxmpp.mesh._swim_timing import PROFILES, Timing
 
 __all__ = [
     "C2SConfig",
@@ -43,6 +46,8 @@ __all__ = [
     "ConfigError",
     "HTTPConfig",
     "LOG_LEVELS",
+    "MESH_PROFILES",
+    "MESH_SECRET_ENV",
     "MUCConfig",
     "MeshConfig",
     "OFFLINE_DELIVERY",
@@ -575,9 +580,51 @@ class ComponentsConfig:
     )
 
 
+_SECRET_EXPECT = "a non-empty string, or a non-empty list of non-empty strings"
+_SECRET_TYPE: Any = str | tuple[str, ...] | None
+
+
+def _is_secret(v: Any) -> bool:
+    if isinstance(v, str):
+        return v != ""
+    return isinstance(v, tuple) and len(v) > 0 and all(isinstance(s, str) and s != "" for s in v)
+
+
+def is_node_name(v: Any) -> bool:
+    """1 to 64 bytes of printable UTF-8 without whitespace (a mesh node's name)."""
+    if not isinstance(v, str) or not v.isprintable() or any(c.isspace() for c in v):
+        return False
+    try:
+        size = len(v.encode("utf-8"))
+    except UnicodeEncodeError:  # lone surrogates
+        return False
+    return 1 <= size <= 64
+
+
+MESH_PROFILES = tuple(PROFILES)
+MESH_SECRET_ENV = "MESHXMPP_MESH_SECRET"
+_WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+_UNSET_TIMING = "unset: the profile's value"
+
+
+def _timing_seconds(doc: str, *, zero_ok: bool = False) -> Any:
+    if zero_ok:
+        return _opt(None, doc=doc, expect="a number of seconds, 0 or more", check=lambda v: v >= 0,
+                    unset=_UNSET_TIMING)
+    return _opt(None, doc=doc, expect=_POSITIVE, check=lambda v: v > 0, unset=_UNSET_TIMING)
+
+
+def _timing_count(doc: str, *, least: int = 1) -> Any:
+    expect = "a positive integer" if least == 1 else f"an integer, {least} or more"
+    return _opt(None, doc=doc, expect=expect, check=lambda v: v >= least, unset=_UNSET_TIMING)
+
+
 @attrs.define(frozen=True, kw_only=True)
 class MeshConfig:
-    """Node-to-node links; reserved for a later release."""
+    """Node-to-node links: nodes that share a secret form one cluster (membership, the replicated
+    session directory and stanza forwarding; docs/mesh/). The mesh runs when `secret` is set (in the
+    file or in the environment variable MESHXMPP_MESH_SECRET); without one the node runs alone. The
+    timing keys (probe_interval to gossip_to_the_dead_time) override single values of `profile`."""
 
     bind: str = _opt(
         "0.0.0.0", doc="Address the mesh listener binds to.", expect=_BIND, check=is_bind_address
@@ -585,22 +632,166 @@ class MeshConfig:
     port: int = _opt(5701, doc="Mesh port.", expect=_PORT, check=_in_range(0, 65535))
     peers: tuple[str, ...] = _opt(
         (),
-        doc='Nodes to join at start, e.g. ["10.0.0.2:5701"].',
+        doc='Nodes to join at start (seeds), e.g. ["10.0.0.2:5701"]; one reachable seed is enough.',
         expect='a list of "host:port" strings',
         item_expect='a "host:port" string',
         item_check=_is_peer,
         normalize=_to_tuple,
     )
-    secret: str | None = _opt(
+    secret: str | tuple[str, ...] | None = _opt(
         None,
-        doc="Shared secret authenticating mesh links (required when peers is set).",
-        expect="a non-empty string",
-        check=_non_empty,
-        unset="unset",
+        doc="Shared secret authenticating mesh links; setting it turns the mesh on (required when peers "
+        "is set). A list rotates secrets: the first proves this node, every one is accepted from others. "
+        f"Unset in the file: the environment variable {MESH_SECRET_ENV}, if set.",
+        expect=_SECRET_EXPECT,
+        check=_is_secret,
+        normalize=_to_tuple,
+        unset=f"unset: {MESH_SECRET_ENV}, else no mesh",
     )
+    profile: str = _opt(
+        "lan",
+        doc='Timing preset of the membership protocol: "lan" (memberlist\'s LAN defaults) or "test" '
+        "(fast failure detection for loopback and CI).",
+        expect=_choices(MESH_PROFILES),
+        check=_one_of(MESH_PROFILES),
+    )
+    advertise: str | None = _opt(
+        None,
+        doc="Address other nodes dial to reach this one (behind NAT, or when bind is a wildcard).",
+        expect='a "host:port" string',
+        check=_is_peer,
+        unset="unset: bind and port when bind is a specific address, else worked out at start",
+    )
+    node_name: str | None = _opt(
+        None,
+        doc="This node's name in the cluster; unique among the nodes.",
+        expect="1 to 64 bytes of printable UTF-8 without whitespace",
+        check=is_node_name,
+        unset='unset: "<host name>:<port>"',
+    )
+    join_timeout: float = _opt(
+        5.0,
+        doc="Seconds a starting node waits for the session directory from a seed before it accepts "
+        "clients (0: do not wait).",
+        expect="a number of seconds, 0 or more",
+        check=lambda v: v >= 0,
+    )
+    repair_interval: float | None = _opt(
+        None,
+        doc="Seconds between anti-entropy rounds of the session directory (digest exchange with one "
+        "member).",
+        expect=_POSITIVE,
+        check=lambda v: v > 0,
+        unset='unset: 10.0, or 1.0 with profile "test"',
+    )
+    forward_window: int = _opt(
+        512,
+        doc="Stanzas forwarded to one node and not yet acknowledged; more wait in a backlog.",
+        expect="a positive integer",
+        check=lambda v: v >= 1,
+    )
+    forward_retransmit: float = _opt(
+        1.0,
+        doc="Seconds before an unacknowledged forwarded stanza is sent again (doubling while none "
+        "is acknowledged).",
+        expect=_POSITIVE,
+        check=lambda v: v > 0,
+    )
+    max_frame: int = _opt(
+        1048576,
+        doc="Largest mesh frame payload, in bytes; bounds the largest stanza that can be forwarded. "
+        "Use the same value on every node.",
+        expect="an integer between 65536 and 1073741824 (bytes)",
+        check=_in_range(65536, 1 << 30),
+    )
+    dial_timeout: float = _opt(
+        3.0, doc="Seconds a connection to another node may take.", expect=_POSITIVE, check=lambda v: v > 0
+    )
+    handshake_timeout: float = _opt(
+        3.0,
+        doc="Seconds for the authenticating handshake of a new mesh link.",
+        expect=_POSITIVE,
+        check=lambda v: v > 0,
+    )
+    # Overrides of single `Timing` values (meshxmpp/mesh/_swim_timing.py), same names.
+    probe_interval: float | None = _timing_seconds(
+        "Seconds between probes of one member (scaled up while this node is unhealthy)."
+    )
+    probe_timeout: float | None = _timing_seconds(
+        "Seconds to wait for a direct probe's ack before asking others; shorter than probe_interval."
+    )
+    indirect_checks: int | None = _timing_count(
+        "Members asked to probe for this node when a direct probe times out.", least=0
+    )
+    suspicion_mult: int | None = _timing_count(
+        "Suspicion timeout = suspicion_mult * max(1, log10(members)) * probe_interval."
+    )
+    suspicion_max_timeout_mult: int | None = _timing_count(
+        "A suspicion starts at this many times the suspicion timeout and shrinks with confirmations."
+    )
+    gossip_interval: float | None = _timing_seconds("Seconds between gossip rounds.")
+    gossip_nodes: int | None = _timing_count("Members gossiped to in each round.")
+    retransmit_mult: int | None = _timing_count(
+        "Each membership update is gossiped retransmit_mult * ceil(log10(members + 1)) times."
+    )
+    awareness_max_multiplier: int | None = _timing_count(
+        "Local health scales probe_interval by 1 up to this."
+    )
+    dead_reclaim_time: float | None = _timing_seconds(
+        "Seconds after which a dead node's name may come back at another address (0: never).", zero_ok=True
+    )
+    reconnect_interval: float | None = _timing_seconds(
+        "Seconds between attempts to reach dead members and absent seeds again."
+    )
+    reconnect_timeout: float | None = _timing_seconds(
+        "Seconds after its death during which a dead member is still dialled (then forgotten).",
+        zero_ok=True,
+    )
+    push_pull_interval: float | None = _timing_seconds(
+        "Seconds between full member-table exchanges with one random member."
+    )
+    gossip_to_the_dead_time: float | None = _timing_seconds(
+        "Seconds a dead member is still gossiped to, so that it can refute its death.", zero_ok=True
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """The mesh runs: a secret is set."""
+        return self.secret is not None
+
+    def secrets(self) -> list[bytes]:
+        """Every accepted secret as UTF-8, the one this node proves itself with first; [] when unset."""
+        if self.secret is None:
+            return []
+        if isinstance(self.secret, str):
+            return [self.secret.encode("utf-8")]
+        return [s.encode("utf-8") for s in self.secret]
 
     def peer_addresses(self) -> list[tuple[str, int]]:
         return [parse_peer(p) for p in self.peers]
+
+    def advertise_address(self) -> tuple[str, int] | None:
+        """``advertise``; else (bind, port) when bind is a specific address and the port is fixed;
+        else None: the node works it out once it listens."""
+        if self.advertise is not None:
+            return parse_peer(self.advertise)
+        if self.bind in _WILDCARDS or self.port == 0:
+            return None
+        return self.bind, self.port
+
+    def timing(self) -> Timing:
+        """The profile's `Timing` with the keys set here replacing its values; ValueError if invalid."""
+        changes = {name: getattr(self, name) for name in _TIMING_FIELDS if getattr(self, name) is not None}
+        return dataclasses.replace(PROFILES[self.profile], **changes)
+
+    def repair_every(self) -> float:
+        """``repair_interval``, or the profile's: 1.0 with "test", 10.0 otherwise."""
+        if self.repair_interval is not None:
+            return self.repair_interval
+        return 1.0 if self.profile == "test" else 10.0
+
+
+_TIMING_FIELDS = tuple(f.name for f in dataclasses.fields(Timing))
 
 
 _BEARER_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
@@ -615,7 +806,8 @@ def _is_admin_token(v: Any) -> bool:
 @attrs.define(frozen=True, kw_only=True)
 class HTTPConfig:
     """HTTP listener: health check (`GET /healthz`) and the admin API (`/api/...`, e.g.
-    `GET /api/explain`, which `meshxmpp explain` calls)."""
+    `GET /api/explain` and `GET /api/cluster`, which `meshxmpp explain` and `meshxmpp cluster status`
+    call)."""
 
     enabled: bool = _opt(True, doc="Run the HTTP listener.", expect="true or false")
     bind: str = _opt(
@@ -807,7 +999,38 @@ def _cross_checks(c: Config) -> None:
             )
         seen.add(svc.domain)
     if c.mesh.peers and c.mesh.secret is None:
-        raise ConfigError("mesh.secret", "is required when mesh.peers is set")
+        raise ConfigError(
+            "mesh.secret", f"is required when mesh.peers is set (in the file or in {MESH_SECRET_ENV})"
+        )
+    _check_timing(c.mesh)
+
+
+def _check_timing(m: MeshConfig) -> None:
+    """The profile with the overrides must be a valid `Timing` (e.g. probe_timeout < probe_interval)."""
+    try:
+        m.timing()
+    except ValueError as exc:
+        text = str(exc).removeprefix("mesh timing ")
+        name, _, why = text.partition(" ")
+        if name not in _TIMING_FIELDS:
+            raise ConfigError("mesh.profile", text) from None
+        if name == "probe_timeout" and "probe_interval" in why:
+            base = PROFILES[m.profile]
+            timeout = m.probe_timeout if m.probe_timeout is not None else base.probe_timeout
+            interval = m.probe_interval if m.probe_interval is not None else base.probe_interval
+            # Name the key the operator wrote: the timeout if set, else the interval that undercut it.
+            profile = f" in profile {_show(m.profile)}"
+            if m.probe_timeout is None:
+                raise ConfigError(
+                    "mesh.probe_interval",
+                    f"must be longer than probe_timeout, {_show(timeout)}{profile} (got {_show(interval)})",
+                ) from None
+            source = "" if m.probe_interval is not None else profile
+            raise ConfigError(
+                "mesh.probe_timeout",
+                f"must be shorter than probe_interval, {_show(interval)}{source} (got {_show(timeout)})",
+            ) from None
+        raise ConfigError(f"mesh.{name}", why) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -864,6 +1087,16 @@ def _make_converter() -> cattrs.Converter:
         return tuple(conv.structure(list(v), item_type))
 
     conv.register_structure_hook_func(_is_homogeneous_tuple, structure_tuple)
+
+    def structure_secret(v: Any, _t: Any) -> str | tuple[str, ...] | None:
+        # mesh.secret: a string, or a list of them (rotation); the check reports empty ones.
+        if v is None or isinstance(v, str):
+            return v
+        if isinstance(v, list | tuple) and all(isinstance(s, str) for s in v):
+            return tuple(v)
+        raise _TypeMismatch(v)
+
+    conv.register_structure_hook_func(lambda t: t == _SECRET_TYPE, structure_secret)
 
     for cls in _CLASSES:
         renames: dict[str, Any] = {
@@ -1011,7 +1244,20 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
             raise ConfigError("", f"{path} is not valid TOML: {exc}") from None
     if overrides:
         raw = _merge(raw, _expand_dotted(overrides))
+    _secret_from_environment(raw)
     return config_from_dict(raw)
+
+
+def _secret_from_environment(raw: dict[str, Any]) -> None:
+    """``mesh.secret`` from MESHXMPP_MESH_SECRET when neither the file nor an override sets it."""
+    secret = os.environ.get(MESH_SECRET_ENV)
+    if not secret:
+        return
+    mesh = raw.get("mesh", {})
+    if not isinstance(mesh, Mapping):
+        return  # left for the converter to reject as "mesh: must be a table"
+    if mesh.get("secret") is None:
+        raw["mesh"] = {**mesh, "secret": secret}
 
 
 def evolve(config: Config, **changes: Any) -> Config:

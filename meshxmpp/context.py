@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
     from meshxmpp.config import Config
     from meshxmpp.hub import Hub
+    from meshxmpp.mesh.service import MeshService
     from meshxmpp.routing.router import Router
     from meshxmpp.routing.table import SessionRegistry
     from meshxmpp.storage.base import Storage
@@ -27,6 +28,8 @@ class NodeContext:
     sessions: SessionRegistry
     router: Router
     node_name: str = "local"
+    # The mesh service when [mesh] secret is set (the node joins or starts a cluster), else None.
+    mesh: MeshService | None = None
     # The node's own nursery, for background work that outlives one connection (set by Node.run).
     nursery: trio.Nursery | None = None
     # Wall clock for stamps (XEP-0203 delay, last activity); injectable for tests.

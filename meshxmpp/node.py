@@ -35,7 +35,10 @@ class Node:
         self.c2s: C2SListener | None = None
         self.c2s_tls: C2SListener | None = None
         self.http: HttpServer | None = None
+        self.mesh: Any = None  # mesh.service.MeshService when [mesh] secret is set
         self._cancel: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+        self._killed = False
         self.stopped = trio.Event()
 
     @property
@@ -71,8 +74,17 @@ class Node:
             self.ctx = ctx
             im.register_all(hub, ctx)
             async with trio.open_nursery() as nursery:
-                ctx.nursery = nursery
+                ctx.nursery = self._nursery = nursery
                 with trio.CancelScope() as self._cancel:
+                    if config.mesh.enabled:
+                        from meshxmpp.mesh.service import MeshService
+
+                        mesh = MeshService(ctx)
+                        ctx.mesh = router.mesh = mesh
+                        ctx.node_name = mesh.name
+                        self.mesh = mesh
+                        # Joined (the cluster's sessions known) before any client can bind.
+                        await nursery.start(mesh.run)
                     self.c2s = C2SListener(ctx)
                     await nursery.start(self.c2s.run)
                     if config.c2s.direct_tls_port is not None:
@@ -87,7 +99,8 @@ class Node:
                     task_status.started(self)
                     await trio.sleep_forever()
                 # Shutdown: tell every client, let the connection tasks drain and end.
-                await self._shutdown(ctx)
+                if not self._killed:
+                    await self._shutdown(ctx)
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(10):
@@ -100,6 +113,13 @@ class Node:
         if self._cancel is not None:
             self._cancel.cancel()
 
+    def kill(self) -> None:
+        """Stop abruptly, as a crash would (for tests): no stream errors to clients, no goodbye to
+        the mesh, nothing drained; every socket is simply closed. Storage is still closed."""
+        self._killed = True
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
     async def _shutdown(self, ctx: NodeContext) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(5):
             sessions = list(ctx.sessions.all())
@@ -107,6 +127,10 @@ class Node:
                 session.close("system-shutdown")
             for session in sessions:
                 await ctx.router.session_ended(session)
+        if ctx.mesh is not None:
+            # Unshielded: the forwards of the goodbyes above drain, then we leave the mesh.
+            with trio.move_on_after(5):
+                await ctx.mesh.shutdown()
 
     def _want_signals(self) -> bool:
         if self._handle_signals is not None:

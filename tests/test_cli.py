@@ -25,6 +25,7 @@ import trio
 from meshxmpp import cli
 from meshxmpp._logging import OneLineFormatter, is_expected_network_error, setup_logging
 from meshxmpp.c2s.sasl import derive_credentials
+from meshxmpp.config import Config, load_config
 from meshxmpp.storage import SqliteStorage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +35,7 @@ def env() -> dict[str, str]:
     e = dict(os.environ)
     e["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), e.get("PYTHONPATH")]))
     e.pop("MESHXMPP_CONFIG", None)
+    e.pop("MESHXMPP_MESH_SECRET", None)
     return e
 
 
@@ -424,6 +426,69 @@ def test_serve_port_in_use_is_one_line_exit_1(tmp_path: Path) -> None:
     errors = [line for line in r.stderr.splitlines() if line.startswith("meshxmpp: ")]
     assert len(errors) == 1 and "cannot start" in errors[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# serve: mesh options
+
+
+def serve_config(*args: str) -> Config:
+    """The configuration `meshxmpp serve ARGS` would run with (parsed, not started)."""
+    parsed = cli.build_parser().parse_args(["serve", *args])
+    return load_config(getattr(parsed, "config", None), cli._overrides(parsed))
+
+
+def test_serve_mesh_options_set_the_mesh_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MESHXMPP_MESH_SECRET", raising=False)
+    parsed = cli.build_parser().parse_args([
+        "serve", "--peers", "10.0.0.2:5701, node3.example.org:5701,[fd00::3]:5701", "--mesh-port", "5801",
+        "--node-name", "node-1", "--mesh-bind", "10.0.0.1", "--mesh-profile", "test",
+    ])
+    assert (parsed.peers, parsed.mesh_port, parsed.node_name, parsed.mesh_bind, parsed.mesh_profile) == (
+        ["10.0.0.2:5701", "node3.example.org:5701", "[fd00::3]:5701"], 5801, "node-1", "10.0.0.1", "test")
+    assert cli._overrides(parsed) == {
+        "mesh.peers": ["10.0.0.2:5701", "node3.example.org:5701", "[fd00::3]:5701"],
+        "mesh.port": 5801, "mesh.bind": "10.0.0.1", "mesh.node_name": "node-1", "mesh.profile": "test",
+    }
+    monkeypatch.setenv("MESHXMPP_MESH_SECRET", "from-the-environment")
+    mesh = serve_config("--peers", "10.0.0.2:5701,node3.example.org:5701", "--mesh-port", "5801",
+                        "--node-name", "node-1", "--mesh-bind", "10.0.0.1", "--mesh-profile", "test").mesh
+    assert mesh.peer_addresses() == [("10.0.0.2", 5701), ("node3.example.org", 5701)]
+    assert (mesh.port, mesh.node_name, mesh.bind, mesh.profile) == (5801, "node-1", "10.0.0.1", "test")
+    assert mesh.advertise_address() == ("10.0.0.1", 5801)
+    assert mesh.enabled and mesh.secrets() == [b"from-the-environment"]
+
+
+def test_serve_mesh_options_win_over_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MESHXMPP_MESH_SECRET", raising=False)
+    (tmp_path / "m.toml").write_text(
+        '[mesh]\nport = 5701\npeers = ["10.0.0.9:5701"]\nsecret = "s"\nprofile = "lan"\nnode_name = "file"\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    mesh = serve_config("--config", "m.toml", "--mesh-port", "0", "--mesh-profile", "test",
+                        "--node-name", "cli").mesh
+    assert (mesh.port, mesh.profile, mesh.node_name, mesh.peers) == (0, "test", "cli", ("10.0.0.9:5701",))
+    assert serve_config("--config", "m.toml", "--peers", "").mesh.peers == ()
+    assert serve_config("--config", "m.toml").mesh.node_name == "file"
+
+
+@pytest.mark.parametrize(("args", "key"), [
+    (["--mesh-port", "abc"], "mesh.port"),
+    (["--mesh-port", "70000"], "mesh.port"),
+    (["--mesh-profile", "wan"], "mesh.profile"),
+    (["--node-name", "has space"], "mesh.node_name"),
+    (["--mesh-bind", "not an address"], "mesh.bind"),
+    (["--peers", "10.0.0.2:5701,nohost", "--mesh-port", "0"], "mesh.peers[1]"),
+    (["--peers", "10.0.0.2:5701"], "mesh.secret"),  # peers need a secret
+])
+def test_serve_mesh_option_errors_name_the_key(
+    meshxmpp: InProcess, monkeypatch: pytest.MonkeyPatch, args: list[str], key: str
+) -> None:
+    monkeypatch.delenv("MESHXMPP_MESH_SECRET", raising=False)
+    code, out, err = meshxmpp("serve", *args)
+    assert (code, out) == (2, "")
+    assert err.startswith(f"meshxmpp: config error at {key}: "), err
+    assert err.count("\n") == 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import attrs
@@ -23,8 +25,10 @@ from meshxmpp.config import (
     load_config,
     reference_markdown,
 )
+from meshxmpp.mesh._swim_timing import PROFILES, Timing
 
 ROOT = Path(__file__).resolve().parent.parent
+TIMING_KEYS = [f.name for f in dataclasses.fields(Timing)]
 
 
 def write(tmp_path: Path, text: str, name: str = "meshxmpp.toml") -> Path:
@@ -37,6 +41,12 @@ def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
+
+
+@pytest.fixture(autouse=True)
+def _no_mesh_secret_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # load_config reads MESHXMPP_MESH_SECRET; the defaults below assume it is not set.
+    monkeypatch.delenv("MESHXMPP_MESH_SECRET", raising=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,7 +78,24 @@ def test_defaults_match_the_contract() -> None:
     assert (c.routing.policy, c.routing.sender) == ("top-priority-all", ())
     assert c.muc.domain is None
     assert (c.components.port, c.components.service) == (5347, ())
-    assert (c.mesh.bind, c.mesh.port, c.mesh.peers, c.mesh.secret) == ("0.0.0.0", 5701, (), None)
+    assert attrs.asdict(c.mesh) == {
+        "bind": "0.0.0.0",
+        "port": 5701,
+        "peers": (),
+        "secret": None,
+        "profile": "lan",
+        "advertise": None,
+        "node_name": None,
+        "join_timeout": 5.0,
+        "repair_interval": None,
+        "forward_window": 512,
+        "forward_retransmit": 1.0,
+        "max_frame": 1048576,
+        "dial_timeout": 3.0,
+        "handshake_timeout": 3.0,
+        **dict.fromkeys(TIMING_KEYS),
+    }
+    assert not c.mesh.enabled and c.mesh.secrets() == []
     assert (c.http.bind, c.http.port) == ("127.0.0.1", 5280)
 
 
@@ -179,7 +206,31 @@ secret = "s3cret"
 bind = "10.0.0.1"
 port = 0
 peers = ["10.0.0.2:5701", "node3.example.org:5701", "[fd00::3]:5701"]
-secret = "mesh-secret"
+secret = ["new-secret", "old-secret"]
+profile = "test"
+advertise = "node1.example.org:15701"
+node_name = "node-1"
+join_timeout = 0
+repair_interval = 2.5
+forward_window = 64
+forward_retransmit = 0.25
+max_frame = 65536
+dial_timeout = 1
+handshake_timeout = 1.5
+probe_interval = 0.5
+probe_timeout = 0.25
+indirect_checks = 0
+suspicion_mult = 3
+suspicion_max_timeout_mult = 2
+gossip_interval = 0.05
+gossip_nodes = 4
+retransmit_mult = 2
+awareness_max_multiplier = 3
+dead_reclaim_time = 0
+reconnect_interval = 2
+reconnect_timeout = 60
+push_pull_interval = 10
+gossip_to_the_dead_time = 0
 
 [http]
 bind = "0.0.0.0"
@@ -224,6 +275,19 @@ def test_load_every_key(tmp_path: Path) -> None:
     assert [(s.domain, s.secret) for s in c.components.service] == [("gw.example.org", "s3cret")]
     assert c.mesh.peers == ("10.0.0.2:5701", "node3.example.org:5701", "[fd00::3]:5701")
     assert c.mesh.peer_addresses() == [("10.0.0.2", 5701), ("node3.example.org", 5701), ("fd00::3", 5701)]
+    m = c.mesh
+    assert m.secret == ("new-secret", "old-secret")
+    assert m.secrets() == [b"new-secret", b"old-secret"]
+    assert m.enabled
+    assert (m.profile, m.advertise_address(), m.node_name) == ("test", ("node1.example.org", 15701), "node-1")
+    assert (m.join_timeout, m.repair_every(), m.forward_window, m.forward_retransmit) == (0.0, 2.5, 64, 0.25)
+    assert (m.max_frame, m.dial_timeout, m.handshake_timeout) == (65536, 1.0, 1.5)
+    assert m.timing() == Timing(
+        probe_interval=0.5, probe_timeout=0.25, indirect_checks=0, suspicion_mult=3,
+        suspicion_max_timeout_mult=2, gossip_interval=0.05, gossip_nodes=4, retransmit_mult=2,
+        awareness_max_multiplier=3, dead_reclaim_time=0.0, reconnect_interval=2.0, reconnect_timeout=60.0,
+        push_pull_interval=10.0, gossip_to_the_dead_time=0.0,
+    )
     assert (c.http.bind, c.http.port) == ("0.0.0.0", 8080)
     assert c.routing_dict()["sender"] == [
         {"match": "*.bots.example.org", "policy": "all-connected"},
@@ -371,6 +435,38 @@ BAD: list[tuple[str, str, str]] = [
     ('[mesh]\npeers = "10.0.0.2:5701"\nsecret = "s"', "mesh.peers", 'list of "host:port" strings'),
     ("[mesh]\npeers = [5701]", "mesh.peers[0]", '"host:port"'),
     ('[mesh]\npeers = ["10.0.0.2:5701"]', "mesh.secret", "required when mesh.peers"),
+    ('[mesh]\nsecret = ""', "mesh.secret", "a non-empty string, or a non-empty list of non-empty strings"),
+    ("[mesh]\nsecret = []", "mesh.secret", "non-empty list"),
+    ('[mesh]\nsecret = ["a", ""]', "mesh.secret", "non-empty list"),
+    ('[mesh]\nsecret = ["a", 1]', "mesh.secret", "non-empty list"),
+    ("[mesh]\nsecret = 12345", "mesh.secret", "(got 12345)"),
+    ('[mesh]\nprofile = "wan"', "mesh.profile", '"lan", "test"'),
+    ('[mesh]\nadvertise = "10.0.0.1"', "mesh.advertise", '"host:port"'),
+    ('[mesh]\nadvertise = "10.0.0.1:0"', "mesh.advertise", '"host:port"'),
+    ('[mesh]\nnode_name = ""', "mesh.node_name", "1 to 64 bytes"),
+    ('[mesh]\nnode_name = "two words"', "mesh.node_name", "without whitespace"),
+    ('[mesh]\nnode_name = "tab\\there"', "mesh.node_name", "printable"),
+    (f'[mesh]\nnode_name = "{"é" * 33}"', "mesh.node_name", "64 bytes"),
+    ("[mesh]\nnode_name = 5", "mesh.node_name", "UTF-8"),
+    ("[mesh]\njoin_timeout = -1", "mesh.join_timeout", "0 or more"),
+    ("[mesh]\nrepair_interval = 0", "mesh.repair_interval", "greater than 0"),
+    ("[mesh]\nforward_window = 0", "mesh.forward_window", "positive integer"),
+    ("[mesh]\nforward_window = 1.5", "mesh.forward_window", "integer"),
+    ("[mesh]\nforward_retransmit = 0", "mesh.forward_retransmit", "greater than 0"),
+    ("[mesh]\nmax_frame = 65535", "mesh.max_frame", "between 65536 and"),
+    ("[mesh]\ndial_timeout = 0", "mesh.dial_timeout", "greater than 0"),
+    ('[mesh]\nhandshake_timeout = "3"', "mesh.handshake_timeout", "seconds"),
+    ("[mesh]\nprobe_interval = 0", "mesh.probe_interval", "greater than 0"),
+    ("[mesh]\nprobe_interval = inf", "mesh.probe_interval", "finite"),
+    ("[mesh]\nindirect_checks = -1", "mesh.indirect_checks", "0 or more"),
+    ("[mesh]\nsuspicion_mult = 0", "mesh.suspicion_mult", "positive integer"),
+    ("[mesh]\ngossip_nodes = 2.0", "mesh.gossip_nodes", "positive integer"),
+    ("[mesh]\ndead_reclaim_time = -1", "mesh.dead_reclaim_time", "0 or more"),
+    ("[mesh]\nprobe_timeout = 1.0", "mesh.probe_timeout", 'shorter than probe_interval, 1.0 in profile "lan"'),
+    ("[mesh]\nprobe_timeout = 0.2\nprobe_interval = 0.2", "mesh.probe_timeout", "shorter than probe_interval"),
+    ("[mesh]\nprobe_interval = 0.5", "mesh.probe_interval", 'longer than probe_timeout, 0.5 in profile "lan"'),
+    ('[mesh]\nprofile = "test"\nprobe_timeout = 0.4', "mesh.probe_timeout", 'profile "test"'),
+    ("[mesh]\nprobe_tiemout = 0.4", "mesh.probe_tiemout", 'did you mean "probe_timeout"?'),
     ('[http]\nbind = ""', "http.bind", "IP address"),
 ]
 
@@ -561,6 +657,100 @@ def test_alias_conflict_with_explicit_policy(tmp_path: Path) -> None:
         load_config(write(tmp_path, '[routing]\npolicy = "all-connected"\n"route.all-resources" = true'))
     assert info.value.key == "routing.policy"
     assert "route.all-resources" in info.value.message
+
+
+# ---------------------------------------------------------------------------------------------
+# [mesh]
+
+
+def test_mesh_has_an_override_key_for_every_timing_field() -> None:
+    fields = attrs.fields_dict(config_module.MeshConfig)
+    hints = typing.get_type_hints(Timing)
+    for f in dataclasses.fields(Timing):
+        assert f.name in fields, f"mesh.{f.name} missing"
+        assert fields[f.name].default is None
+        assert fields[f.name].type == hints[f.name] | None
+        value = 2.0 if f.name == "probe_interval" else getattr(PROFILES["test"], f.name)
+        timing = load_config(overrides={"mesh": {f.name: value}}).mesh.timing()
+        assert timing == dataclasses.replace(PROFILES["lan"], **{f.name: value})
+
+
+def test_mesh_timing_is_the_profile_with_the_overrides() -> None:
+    assert load_config().mesh.timing() == PROFILES["lan"]
+    assert load_config(overrides={"mesh.profile": "test"}).mesh.timing() == PROFILES["test"]
+    m = load_config(overrides={"mesh": {"profile": "test", "gossip_nodes": 5, "reconnect_timeout": 1}}).mesh
+    assert m.timing() == dataclasses.replace(PROFILES["test"], gossip_nodes=5, reconnect_timeout=1.0)
+    # Both probe values may move together, past the profile's.
+    m = load_config(overrides={"mesh": {"probe_interval": 5, "probe_timeout": 2}}).mesh
+    assert (m.timing().probe_interval, m.timing().probe_timeout) == (5.0, 2.0)
+
+
+def test_mesh_repair_interval_follows_the_profile_unless_set() -> None:
+    assert load_config().mesh.repair_every() == 10.0
+    assert load_config(overrides={"mesh.profile": "test"}).mesh.repair_every() == 1.0
+    assert load_config(overrides={"mesh.profile": "test", "mesh.repair_interval": 30}).mesh.repair_every() == 30.0
+
+
+def test_mesh_secret_forms() -> None:
+    m = load_config(overrides={"mesh.secret": "s3cret"}).mesh
+    assert (m.secret, m.secrets(), m.enabled) == ("s3cret", [b"s3cret"], True)
+    m = load_config(overrides={"mesh.secret": ["ñew", "old"]}).mesh  # a list from code becomes a tuple
+    assert (m.secret, m.secrets()) == (("ñew", "old"), ["ñew".encode(), b"old"])
+    assert hash(m)
+    assert evolve(Config(), mesh={"secret": ["a"]}).mesh.secrets() == [b"a"]
+    with pytest.raises(ConfigError) as info:
+        evolve(Config(), mesh={"secret": ("a", None)})
+    assert info.value.key == "mesh.secret"
+
+
+def test_mesh_secret_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MESHXMPP_MESH_SECRET", "from-env")
+    assert load_config().mesh.secrets() == [b"from-env"]
+    # It satisfies peers' need for a secret ...
+    path = write(tmp_path, '[mesh]\npeers = ["10.0.0.2:5701"]\n')
+    assert load_config(path).mesh.secrets() == [b"from-env"]
+    # ... and the file (or an override) wins over it.
+    path = write(tmp_path, '[mesh]\nsecret = ["file", "older"]\n')
+    assert load_config(path).mesh.secrets() == [b"file", b"older"]
+    assert load_config(path, {"mesh.secret": "cli"}).mesh.secrets() == [b"cli"]
+    # Empty means unset.
+    monkeypatch.setenv("MESHXMPP_MESH_SECRET", "")
+    assert not load_config().mesh.enabled
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, '[mesh]\npeers = ["10.0.0.2:5701"]\n'))
+    assert info.value.key == "mesh.secret"
+    assert "MESHXMPP_MESH_SECRET" in info.value.message
+
+
+def test_mesh_secret_from_the_environment_through_the_cli(tmp_path: Path) -> None:
+    path = write(tmp_path, '[mesh]\npeers = ["10.0.0.2:5701"]\n')
+    for secret, code in (("from-env", 0), (None, 2)):
+        env = cli_env()
+        env.pop("MESHXMPP_MESH_SECRET", None)
+        if secret is not None:
+            env["MESHXMPP_MESH_SECRET"] = secret
+        result = subprocess.run([sys.executable, "-m", "meshxmpp", "--config", str(path), "check-config"],
+                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+                                stdin=subprocess.DEVNULL)
+        assert result.returncode == code, result.stderr
+
+
+@pytest.mark.parametrize(("mesh", "address"), [
+    ({}, None),  # wildcard bind: worked out at start
+    ({"bind": "::"}, None),
+    ({"bind": "10.0.0.1"}, ("10.0.0.1", 5701)),
+    ({"bind": "10.0.0.1", "port": 0}, None),  # the port is known once bound
+    ({"bind": "node1.example.org", "port": 5801}, ("node1.example.org", 5801)),
+    ({"advertise": "[fd00::1]:5701"}, ("fd00::1", 5701)),
+    ({"bind": "10.0.0.1", "advertise": "203.0.113.5:15701"}, ("203.0.113.5", 15701)),
+])
+def test_mesh_advertise_address(mesh: dict[str, object], address: tuple[str, int] | None) -> None:
+    assert load_config(overrides={"mesh": mesh}).mesh.advertise_address() == address
+
+
+@pytest.mark.parametrize("name", ["a", "node-1", "n1:5701", "ñodo", "x" * 64, "é" * 32, "[::1]:5701"])
+def test_mesh_node_name_accepted(name: str) -> None:
+    assert load_config(overrides={"mesh.node_name": name}).mesh.node_name == name
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,9 @@ route, checks access to ``/api/*`` and turns `HTTPError` into a JSON error. Rout
 - ``GET /api/explain?to=JID[&type=chat][&from=JID]``: what the routing policy would do with a
   message of that type to ``to`` right now, as JSON (`explain_report`); `explain_text` renders it
   for ``meshxmpp explain``.
+- ``GET /api/cluster``: the mesh as this node sees it (``ctx.mesh.status()``: node, epoch, members,
+  sessions, forwarding), as JSON; 404 ``{"error": "mesh disabled"}`` when the node runs without a
+  mesh. `cluster_text` renders it for ``meshxmpp cluster status``.
 
 Access to ``/api/*``: with ``[http] admin_token`` set, ``Authorization: Bearer TOKEN`` (401
 otherwise); without it, only clients on a loopback address (403 otherwise).
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import inspect
 import ipaddress
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -33,11 +37,14 @@ if TYPE_CHECKING:
     from meshxmpp.context import NodeContext
 
 __all__ = [
+    "MESH_DISABLED",
     "ROUTES",
     "HTTPError",
     "Request",
     "Response",
     "authorize",
+    "cluster",
+    "cluster_text",
     "error_response",
     "explain",
     "explain_report",
@@ -50,6 +57,8 @@ __all__ = [
 
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
+#: The error of ``GET /api/cluster`` (404) on a node without a mesh; `meshxmpp cluster` matches it.
+MESH_DISABLED = "mesh disabled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,9 +178,21 @@ async def explain(ctx: NodeContext, request: Request) -> Response:
                                         account_exists=exists))
 
 
+async def cluster(ctx: NodeContext, request: Request) -> Response:
+    """``GET /api/cluster``: ``ctx.mesh.status()`` as JSON; 404 when the node runs without a mesh."""
+    mesh = getattr(ctx, "mesh", None)
+    if mesh is None:
+        raise HTTPError(404, MESH_DISABLED)
+    status = mesh.status()
+    if inspect.isawaitable(status):
+        status = await status
+    return json_response(status)
+
+
 ROUTES: Mapping[str, Mapping[str, Route]] = {
     "/healthz": {"GET": healthz},
     "/api/explain": {"GET": explain},
+    "/api/cluster": {"GET": cluster},
 }
 
 
@@ -299,4 +320,39 @@ def explain_text(report: Mapping[str, Any]) -> str:
     if report.get("rule_summary"):
         lines.append(f"      {report['rule_summary']}")
     lines.append(f"debug log line: {report['explain']}")
+    return "\n".join(lines)
+
+
+# -- cluster: the text of `meshxmpp cluster status` -------------------------------------------------
+
+
+CLUSTER_COLUMNS = ("NAME", "ADDRESS", "STATE", "INCARNATION", "SESSIONS")
+
+
+def cluster_text(status: Mapping[str, Any]) -> str:
+    """``meshxmpp cluster status``'s output for a ``/api/cluster`` answer (as decoded from JSON): a
+    header line with this node's name and epoch, then one row per member in the node's order."""
+    head = f"node {status['node']}  epoch {status['epoch']}"
+    if status.get("incarnation") is not None:
+        head += f"  incarnation {status['incarnation']}"
+    if status.get("profile"):
+        head += f"  profile {status['profile']}"
+    lines = [head]
+    sessions = status.get("sessions")
+    forward = status.get("forward")
+    extra = []
+    if isinstance(sessions, Mapping):
+        extra.append(f"sessions: {sessions.get('local', '?')} local, {sessions.get('total', '?')} in the cluster")
+    if isinstance(forward, Mapping):
+        extra.append(f"forwarding: {forward.get('in_flight', '?')} in flight, {forward.get('backlog', '?')} waiting")
+    if extra:
+        lines.append("; ".join(extra))
+    rows = [CLUSTER_COLUMNS] + [
+        (str(m["name"]), str(m["address"]), str(m["state"]), str(m["incarnation"]), str(m["sessions"]))
+        for m in status["members"]
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(CLUSTER_COLUMNS))]
+    lines.append("")
+    for row in rows:
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return "\n".join(lines)

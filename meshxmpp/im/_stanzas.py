@@ -39,6 +39,18 @@ def readdress(el: Element, *, from_: str | None = None, to: str | None = None) -
     return out
 
 
+def last_presence(session: Any) -> Element | None:
+    """The last broadcast presence of a local session (an Element) or of a mesh directory record
+    (kept serialised); None when there is none or it cannot be read."""
+    p = session.presence
+    if isinstance(p, str):
+        try:
+            return loads(p)
+        except ValueError:
+            return None
+    return p  # type: ignore[no-any-return]
+
+
 def dumps(el: Element) -> str:
     return to_str(el)
 

@@ -20,7 +20,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any
 
-from meshxmpp.im._stanzas import loads, presence, readdress, route
+from meshxmpp.im._stanzas import last_presence, loads, presence, readdress, route
 from meshxmpp.jid import JID
 from meshxmpp.xml import ns
 
@@ -92,11 +92,12 @@ class Presence:
         initial = not session.available
         session.available, session.priority, session.show = True, priority, show
         session.presence = el  # as the client sent it, 'from' stamped, no 'to'
+        self.ctx.router.session_changed(session)
         user = session.bare
         items = await self.ctx.storage.rosters.items(str(user))
         for contact in subscribers(items):
             await route(self.ctx, readdress(session.presence, to=contact))
-        others = [s for s in self.ctx.sessions.available_of(user) if s is not session]
+        others = [s for s in self.ctx.router.available_of(user) if s is not session]
         for other in others:
             self.ctx.router.deliver(other, readdress(session.presence, to=str(other.jid)))
         if not initial:
@@ -104,8 +105,8 @@ class Presence:
         for contact in subscribed_to(items):
             await route(self.ctx, presence("probe", str(session.jid), contact))
         for other in others:
-            if other.presence is not None:
-                self.ctx.router.deliver(session, readdress(other.presence, to=str(session.jid)))
+            if (shown := last_presence(other)) is not None:
+                self.ctx.router.deliver(session, readdress(shown, to=str(session.jid)))
         # Subscription requests still waiting for an answer (RFC 6121 3.1.3).
         for item in items:
             if item.pending_in:
@@ -115,6 +116,8 @@ class Presence:
     async def _unavailable(self, session: Session, el: Element | None) -> None:
         was_available = session.available
         session.available, session.presence = False, None
+        if not session.ended:
+            self.ctx.router.session_changed(session)
         user = session.bare
         out = presence("unavailable", str(session.jid), None) if el is None else el
         reached: set[JID] = set()
@@ -123,8 +126,8 @@ class Presence:
             for contact in subscribers(items):
                 await route(self.ctx, readdress(out, to=contact))
             reached = {_bare(c) for c in subscribers(items)}
-            for other in self.ctx.sessions.available_of(user):
-                if other is not session:
+            for other in self.ctx.router.available_of(user):
+                if other is not session and other.jid != session.jid:
                     self.ctx.router.deliver(other, readdress(out, to=str(other.jid)))
         # Directed presence ends too (RFC 6121 4.6.3); a bare subscriber already got it.
         directed, session.directed = set(session.directed), set()
@@ -166,14 +169,14 @@ class Presence:
     async def _deliver_bare(self, event: StanzaEvent, type_: str | None) -> bool:
         assert event.to is not None
         user, sender = event.to.bare, event.sender
-        sessions = self.ctx.sessions.available_of(user)
+        sessions = self.ctx.router.available_of(user)
         if not sessions:
             return True
         if type_ is None and not self._may_see(user, sender, sessions):
             item = await self.ctx.storage.rosters.get(str(user), str(sender.bare))
             if item is None or item.subscription not in ("to", "both"):
                 return True  # not subscribed to that contact: not delivered
-            sessions = self.ctx.sessions.available_of(user)
+            sessions = self.ctx.router.available_of(user)
         for session in sessions:
             if session.jid != sender:
                 self.ctx.router.deliver(session, event.stanza)
@@ -183,7 +186,8 @@ class Presence:
         """Presence we accept without a subscription: our own, a server's, or an answer to ours."""
         if sender.bare == user or sender.local is None:
             return True
-        return any(sender in s.directed or sender.bare in s.directed for s in sessions)
+        # COMPAT: directed presence is remembered by the sender's own node only (not replicated).
+        return any(sender in d or sender.bare in d for s in sessions if (d := getattr(s, "directed", None)))
 
     async def _probe(self, event: StanzaEvent) -> bool:
         assert event.to is not None
@@ -197,11 +201,24 @@ class Presence:
                 # RFC 6121 4.3.2: reveal nothing; "unsubscribed" lets the prober fix its roster.
                 await route(self.ctx, presence("unsubscribed", str(user), str(prober.bare)))
                 return True
-        for session in self.ctx.sessions.available_of(user):
-            if session.presence is not None and session.jid != prober:
-                await route(self.ctx, readdress(session.presence, to=str(prober)))
+        for session in self.ctx.router.available_of(user):
+            if (shown := last_presence(session)) is not None and session.jid != prober:
+                await route(self.ctx, readdress(shown, from_=str(session.jid), to=str(prober)))
         # No available resource: we send nothing (RFC 6121 4.3.2 allows it).
         return True
+
+
+async def announce_lost(ctx: NodeContext, jid: JID) -> None:
+    """The node that held ``jid``'s available session died: tell its subscribers and the user's other
+    resources that it is unavailable (one survivor calls this, see mesh.core.SessionsLost)."""
+    out = presence("unavailable", str(jid), None)
+    user = jid.bare
+    items = await ctx.storage.rosters.items(str(user))
+    for contact in subscribers(items):
+        await route(ctx, readdress(out, to=contact))
+    for other in ctx.router.available_of(user):
+        if other.jid != jid:
+            ctx.router.deliver(other, readdress(out, to=str(other.jid)))
 
 
 def _bare(jid: str) -> JID:

@@ -18,7 +18,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from meshxmpp.im import subscription as sub
-from meshxmpp.im._stanzas import KeyedLocks, dumps, presence, readdress, route
+from meshxmpp.im._stanzas import KeyedLocks, dumps, last_presence, presence, readdress, route
 from meshxmpp.jid import JID, InvalidJID
 from meshxmpp.storage.base import RosterItem
 from meshxmpp.xml import ns
@@ -83,7 +83,7 @@ def push_iq(to: JID, payload: Element) -> Element:
 
 def push(ctx: NodeContext, user: JID, item: RosterItem | None, jid: str) -> None:
     """Roster push of ``item`` (``None``/hidden: removed) to every interested resource of ``user``."""
-    sessions = [s for s in ctx.sessions.of(user) if s.interested and not s.closed]
+    sessions = [s for s in ctx.router.sessions_of(user) if s.interested and not getattr(s, "closed", False)]
     for session in sessions:
         if item is None or item.hidden:
             payload = Element("item", ns.ROSTER, {"jid": jid, "subscription": "remove"})
@@ -166,6 +166,7 @@ class Roster:
                 if not item.hidden:
                     query.append(item_element(item))
             origin.interested = True
+            self.ctx.router.session_changed(origin)
             self.ctx.router.deliver(origin, reply)
         return True
 
@@ -248,11 +249,9 @@ class Roster:
         await route(self.ctx, readdress(event.stanza, from_=str(user), to=str(contact)))
         if kind == "subscribed":
             # RFC 6121 3.1.5: the new subscriber gets the user's current presence.
-            for session in self.ctx.sessions.available_of(user):
-                if session.presence is not None:
-                    await route(
-                        self.ctx, readdress(session.presence, from_=str(session.jid), to=str(contact))
-                    )
+            for session in self.ctx.router.available_of(user):
+                if (shown := last_presence(session)) is not None:
+                    await route(self.ctx, readdress(shown, from_=str(session.jid), to=str(contact)))
         elif kind == "unsubscribed" and sub.flags_of(old).subscription in ("from", "both"):
             await self._unavailable_to(user, str(contact))  # RFC 6121 3.2.2
 
@@ -286,15 +285,13 @@ class Roster:
             if out.push and not item.hidden:
                 push(self.ctx, user, item, item.jid)
             if out.forward:
-                for session in self.ctx.sessions.available_of(user):
+                for session in self.ctx.router.available_of(user):
                     self.ctx.router.deliver(session, stanza)
         if out.auto_reply is not None:
             await route(self.ctx, presence(out.auto_reply, str(user), str(contact)))
-            for session in self.ctx.sessions.available_of(user):
-                if session.presence is not None:
-                    await route(
-                        self.ctx, readdress(session.presence, from_=str(session.jid), to=str(contact))
-                    )
+            for session in self.ctx.router.available_of(user):
+                if (shown := last_presence(session)) is not None:
+                    await route(self.ctx, readdress(shown, from_=str(session.jid), to=str(contact)))
         if kind == "unsubscribe" and out.forward and sub.flags_of(old).subscription in ("from", "both"):
             await self._unavailable_to(user, str(contact))  # RFC 6121 3.3.3
         return True
@@ -308,7 +305,7 @@ class Roster:
 
     async def _unavailable_to(self, user: JID, contact: str) -> None:
         """The contact no longer sees the user: unavailable from each available resource."""
-        for session in self.ctx.sessions.available_of(user):
+        for session in self.ctx.router.available_of(user):
             await route(self.ctx, presence("unavailable", str(session.jid), contact))
 
     # disco ------------------------------------------------------------------------------------

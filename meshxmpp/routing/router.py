@@ -9,6 +9,11 @@ Message Carbons (XEP-0280): ``decide`` includes the ``<received/>`` copies of an
 for a message a local client sends, the router also asks ``decide_sent_carbons`` for the ``<sent/>``
 copies, but only for a user with a carbons-enabled session (``set_carbons`` counts them per user),
 so a message from anyone else costs one truthiness check of an (often empty) dict.
+
+In a mesh (``router.mesh`` set by the node to its `mesh.service.MeshService`), the recipients the
+policy sees are this node's sessions plus the other nodes' records from the replicated directory
+(`mesh.directory.SessionRecord`, a ``SessionLike`` too); a delivery to a remote record is handed to
+``mesh.forward``. With no mesh, each of those spots costs one ``is None`` check.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from meshxmpp.jid import JID, InvalidJID
+from meshxmpp.mesh._records import SessionRecord
 from meshxmpp.routing import policy
 from meshxmpp.routing.facts import facts_from_element
 from meshxmpp.xml import ns
@@ -28,6 +34,7 @@ from meshxmpp.xml.element import Element
 if TYPE_CHECKING:
     from meshxmpp.c2s.session import Session
     from meshxmpp.hub import Hub
+    from meshxmpp.mesh.service import MeshService
     from meshxmpp.routing.table import SessionRegistry
     from meshxmpp.storage.base import Accounts
 
@@ -65,6 +72,8 @@ class Router:
         # XEP-0280: bare JID -> how many of its sessions enabled carbons (absent when none). Only a
         # gate for the sent-carbon path; who gets a copy is read from the sessions by the policy.
         self._carbons: dict[JID, int] = {}
+        #: The mesh this node is part of (set by the node), or None for a single node.
+        self.mesh: MeshService | None = None
         for name, handler in (
             ("message/full", self._message_to_user),
             ("message/bare", self._message_to_user),
@@ -115,8 +124,55 @@ class Router:
             result = self._inbound(StanzaEvent(el, origin, to, sender), kind)
         return result if inspect.isawaitable(result) else None
 
-    def deliver(self, session: Session, el: Element) -> None:
-        session.send(el)
+    def deliver(self, session: Session | SessionRecord, el: Element) -> None:
+        """Send ``el`` to one session: a local one's outbox, or over the mesh to a remote record's node
+        (a stanza that cannot be forwarded is handled as if that session were gone)."""
+        if type(session) is SessionRecord:
+            self._forward(session, el)
+        else:
+            session.send(el)  # type: ignore[union-attr]
+
+    def sessions_of(self, bare: JID) -> list[Any]:
+        """Every session of ``bare`` in the service: this node's, then the other nodes' records."""
+        sessions: list[Any] = self.sessions.of(bare)
+        if self.mesh is not None:
+            sessions += self.mesh.remote_of(bare)
+        return sessions
+
+    def available_of(self, bare: JID) -> list[Any]:
+        """The available sessions of ``bare`` in the service (local ones first)."""
+        sessions: list[Any] = self.sessions.available_of(bare)
+        if self.mesh is not None:
+            sessions += [r for r in self.mesh.remote_of(bare) if r.available]
+        return sessions
+
+    def session_at(self, full: JID) -> Session | SessionRecord | None:
+        """The session bound to ``full`` here, else its record on another node."""
+        session = self.sessions.get(full)
+        if session is None and self.mesh is not None:
+            return self.mesh.remote_get(full)
+        return session
+
+    def session_changed(self, session: Session) -> None:
+        """A local session's presence, priority, carbons or roster interest changed (the mesh
+        replicates what the routing policy reads)."""
+        if self.mesh is not None:
+            self.mesh.session_changed(session)
+
+    def _forward(self, record: SessionRecord, el: Element) -> None:
+        assert self.mesh is not None
+        if self.mesh.forward(record, el):
+            return
+        # The node cannot take it now (dead, unknown, backlog full): as if the session were gone.
+        if el.name == "message" and el.attrs.get("type", "normal") in ("chat", "normal"):
+            event = StanzaEvent(el, None, record.jid.bare, JID.parse(el.attrs.get("from") or self.domain))
+            pending = self.hub.fire("message/offline", event)
+            if pending and inspect.isawaitable(pending):
+                self.mesh.spawn(pending)
+            elif not pending:
+                self.bounce(el, "cancel", "service-unavailable")
+        elif el.name == "iq" and el.attrs.get("type") in ("get", "set"):
+            self.bounce(el, "cancel", "service-unavailable")
 
     def set_carbons(self, session: Session, enabled: bool) -> None:
         """XEP-0280 enable/disable for a bound session: sets ``session.carbons`` and keeps the
@@ -126,6 +182,8 @@ class Router:
         session.carbons = enabled
         if not session.ended:  # else session_ended already took it out of the count
             self._count_carbons(session.bare, 1 if enabled else -1)
+            if self.mesh is not None:
+                self.mesh.session_changed(session)
 
     def _count_carbons(self, bare: JID, delta: int) -> None:
         count = self._carbons.get(bare, 0) + delta
@@ -144,6 +202,8 @@ class Router:
         session.ended = True
         if session.carbons:
             self._count_carbons(session.bare, -1)
+            if self.mesh is not None:
+                self.mesh.session_changed(session)
         self.sessions.unbind(session)
         await self.hub.fire_all("session/end", session)
 
@@ -191,7 +251,8 @@ class Router:
             handled = self.hub.fire(f"pre-{kind}/{self._dest(to)}", event)
             if handled:
                 return handled
-        if self._carbons and kind == "message" and origin.bare in self._carbons:
+        if kind == "message" and (self._carbons and origin.bare in self._carbons or (
+                self.mesh is not None and self.mesh.any_carbons(origin.bare))):
             self._sent_carbons(event, origin)
         return self._inbound(event, kind)
 
@@ -199,7 +260,7 @@ class Router:
         # XEP-0280 7: the sender's other carbons-enabled sessions get a <sent/> copy. A message to
         # the user's own account gets none here: `decide` gives its copies (never two per session).
         facts = facts_from_element(event.stanza, event.to, event.sender)
-        self._execute(event, policy.decide_sent_carbons(facts, self.sessions.of(origin.bare), origin.jid))
+        self._execute(event, policy.decide_sent_carbons(facts, self.sessions_of(origin.bare), origin.jid))
 
     def _fire_iq(self, event: StanzaEvent, dest: str) -> Any:
         el = event.stanza
@@ -232,6 +293,8 @@ class Router:
         to = event.to
         assert to is not None
         sessions = self.sessions.of(to.bare)
+        if self.mesh is not None:
+            sessions = sessions + self.mesh.remote_of(to.bare)  # type: ignore[operator]
         if sessions:
             # Bound sessions but none that takes it (no presence, negative priorities) can still
             # mean "store offline": that awaitable goes back to the caller, never dropped.
@@ -245,7 +308,7 @@ class Router:
         assert to is not None
         exists = await self.accounts.exists(str(to.bare))
         # Re-read: a session may have bound while we waited on storage.
-        sessions = self.sessions.of(to.bare)
+        sessions = self.sessions_of(to.bare)
         decision = policy.decide(facts_from_element(event.stanza, to, event.sender), sessions,
                                  self.policy_config, account_exists=exists)
         result = self._execute(event, decision)
@@ -265,12 +328,14 @@ class Router:
                     session = self.sessions.get(jid)
                     if session is not None:
                         session.send(el)
+                    elif self.mesh is not None and (record := self.mesh.remote_get(jid)) is not None:
+                        self._forward(record, el)
                 case policy.DeliverCarbon(jid=jid, direction=direction):
-                    session = self.sessions.get(jid)
-                    if session is not None:
+                    target = self.session_at(jid)
+                    if target is not None:
                         if payload is None or payload.name != direction:
                             payload = carbon_payload(el, direction)
-                        session.send(carbon_wrapper(payload, session.jid, el))
+                        self.deliver(target, carbon_wrapper(payload, target.jid, el))
                 case policy.StoreOffline():
                     pending = self.hub.fire("message/offline", event)
                     if not pending:
@@ -293,16 +358,16 @@ class Router:
 
     def _presence_full(self, event: StanzaEvent) -> Any:
         assert event.to is not None
-        session = self.sessions.get(event.to)
+        session = self.session_at(event.to)
         if session is not None:
-            session.send(event.stanza)
+            self.deliver(session, event.stanza)
         return True
 
     def _iq_full(self, event: StanzaEvent) -> Any:
         assert event.to is not None
-        session = self.sessions.get(event.to)
+        session = self.session_at(event.to)
         if session is not None:
-            session.send(event.stanza)
+            self.deliver(session, event.stanza)
         elif event.stanza.attrs.get("type") in ("get", "set"):
             self.bounce(event.stanza, "cancel", "service-unavailable")
         return True

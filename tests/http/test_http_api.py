@@ -6,6 +6,8 @@ token cases also go over a real socket to the node's own listener."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -173,3 +175,123 @@ async def test_head_and_405_through_handle() -> None:
         post = await api.handle(n.ctx, get("/api/explain", method="POST"))
     assert head.status == 200
     assert (post.status, dict(post.headers)) == (405, {"Allow": "GET, HEAD"})
+
+
+# -- /api/cluster ---------------------------------------------------------------------------------------
+
+STATUS = {
+    "node": "n1:5701", "epoch": 7, "incarnation": 2, "profile": "test",
+    "members": [
+        {"name": "n1:5701", "address": "127.0.0.1:5701", "state": "alive", "incarnation": 2, "sessions": 3},
+        {"name": "n2:5702", "address": "127.0.0.1:5702", "state": "suspect", "incarnation": 0, "sessions": 1},
+    ],
+    "sessions": {"local": 3, "total": 4},
+    "forward": {"in_flight": 1, "backlog": 0},
+}
+
+
+class StandInMesh:
+    """What the HTTP layer needs of `ctx.mesh`: a `status()` that returns a JSON-ready dict."""
+
+    def __init__(self, status: dict[str, Any]) -> None:
+        self._status = status
+        self.calls = 0
+
+    def status(self) -> dict[str, Any]:
+        self.calls += 1
+        return self._status
+
+
+def stand_in_context(mesh: StandInMesh | None, **http: Any) -> Any:
+    """The attributes of a NodeContext that /api/cluster reads: config (for access) and mesh."""
+    from types import SimpleNamespace
+
+    from meshxmpp.config import load_config
+
+    return SimpleNamespace(config=load_config(None, {"http": http}), mesh=mesh)
+
+
+@asynccontextmanager
+async def http_server(ctx: Any) -> AsyncIterator[tuple[str, int]]:
+    """The real HttpServer with the default routes (`api.handle`) on ``ctx``, on a free loopback port."""
+    from meshxmpp.http import HttpServer
+
+    server = HttpServer(ctx, bind="127.0.0.1", port=0)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(server.run)
+        yield "127.0.0.1", port
+        nursery.cancel_scope.cancel()
+
+
+async def test_cluster_answers_the_mesh_status_over_a_socket() -> None:
+    mesh = StandInMesh(STATUS)
+    async with http_server(stand_in_context(mesh)) as address:
+        status, headers, data = await http_get(address, "/api/cluster")
+    assert status == 200
+    assert headers["content-type"] == "application/json"
+    assert json.loads(data) == STATUS
+    assert mesh.calls == 1
+
+
+async def test_cluster_without_a_mesh_is_404_mesh_disabled() -> None:
+    async with http_server(stand_in_context(None)) as address:
+        status, _, data = await http_get(address, "/api/cluster")
+    assert status == 404
+    assert json.loads(data)["error"] == api.MESH_DISABLED == "mesh disabled"
+
+
+async def test_cluster_on_a_node_without_a_mesh_secret_is_404() -> None:
+    from types import SimpleNamespace
+
+    # No `mesh` attribute at all (a context from before the mesh was composed in) reads as no mesh.
+    bare = SimpleNamespace(config=stand_in_context(None).config)
+    response = await api.handle(bare, get("/api/cluster"))  # type: ignore[arg-type]
+    assert (response.status, body(response)["error"]) == (404, "mesh disabled")
+    async with testing.node() as n:
+        response = await api.handle(n.ctx, get("/api/cluster"))
+    assert (response.status, body(response)["error"]) == (404, "mesh disabled")
+
+
+async def test_cluster_follows_the_api_access_rules() -> None:
+    mesh = StandInMesh(STATUS)
+    open_ctx = stand_in_context(mesh)
+    refused = await api.handle(open_ctx, get("/api/cluster", peer="192.0.2.7"))
+    assert refused.status == 403
+    disabled = await api.handle(stand_in_context(None), get("/api/cluster", peer="192.0.2.7"))
+    assert disabled.status == 403  # whether the mesh runs is not told to strangers
+    token_ctx = stand_in_context(mesh, admin_token=TOKEN)
+    async with http_server(token_ctx) as address:
+        status, _, _ = await http_get(address, "/api/cluster")
+        assert status == 401
+        status, _, data = await http_get(address, "/api/cluster", {"Authorization": f"Bearer {TOKEN}"})
+        assert (status, json.loads(data)) == (200, STATUS)
+    post = await api.handle(open_ctx, get("/api/cluster", method="POST"))
+    assert (post.status, dict(post.headers)) == (405, {"Allow": "GET, HEAD"})
+    assert mesh.calls == 1
+
+
+async def test_cluster_accepts_an_async_status() -> None:
+    class AsyncMesh:
+        async def status(self) -> dict[str, Any]:
+            await trio.lowlevel.checkpoint()
+            return STATUS
+
+    response = await api.handle(stand_in_context(AsyncMesh()), get("/api/cluster"))  # type: ignore[arg-type]
+    assert (response.status, body(response)) == (200, STATUS)
+
+
+def test_cluster_text_is_a_header_and_a_table() -> None:
+    text = api.cluster_text(STATUS)
+    lines = text.splitlines()
+    assert lines[0] == "node n1:5701  epoch 7  incarnation 2  profile test"
+    assert "sessions: 3 local, 4 in the cluster" in lines[1]
+    assert "forwarding: 1 in flight, 0 waiting" in lines[1]
+    table = lines[lines.index("") + 1:]
+    assert table == [
+        "NAME     ADDRESS         STATE    INCARNATION  SESSIONS",
+        "n1:5701  127.0.0.1:5701  alive    2            3",
+        "n2:5702  127.0.0.1:5702  suspect  0            1",
+    ]
+    # Only node, epoch and members are needed.
+    minimal = {"node": "x", "epoch": 0, "members": []}
+    assert api.cluster_text(minimal).splitlines() == ["node x  epoch 0", "", "NAME  ADDRESS  STATE  INCARNATION  SESSIONS"]

@@ -1,0 +1,437 @@
+"""The mesh's Trio glue: runs `MeshTransport` and `MeshCore` for a node and ties them to its router.
+
+Everything the mesh decides lives in the sans-IO `mesh.core` (membership, directory, forwarding); this
+module only moves bytes and time in and out of it and acts on its events:
+
+- frames from the transport go to ``core.on_frame``; ``core.drain_outgoing`` goes to ``transport.send``
+  (a membership packet that cannot be queued is reported back with ``on_send_failed``);
+- one timer task sleeps until ``core.next_deadline()`` or until local work is queued (`_kick`), then
+  pumps: so the stanzas one read of a client produces leave in as few frames as possible;
+- the node's sessions become directory records at bind, on every presence, carbons or roster-interest
+  change (`session_changed`, called by the router) and are removed when they end;
+- a stanza forwarded to us is delivered to its session at once when it is here (and acked); anything
+  that needs the router's awaitable paths (the session is gone, a re-route after a death) goes through
+  one worker task, in order, and is acked once the router has taken responsibility for it;
+- `SessionsLost` with ``announce`` sends the lost resources' unavailable presence (im.presence),
+  `ConflictLost` closes the losing local session with <conflict/>.
+
+The node starts the service before its client listeners: ``run`` reports started once a seed has
+answered with the cluster's directory (or ``[mesh] join_timeout`` passed).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import ipaddress
+import logging
+import math
+import random
+import secrets
+import socket
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from meshxmpp.jid import JID, InvalidJID
+from meshxmpp.mesh._records import SessionRecord
+from meshxmpp.mesh.core import (
+    ConflictLost,
+    Inbound,
+    Joined,
+    MemberChanged,
+    MeshCore,
+    Reroute,
+    SessionsLost,
+)
+from meshxmpp.mesh.transport import ConnectionClosed, MeshTransport
+from meshxmpp.mesh.wire import Kind
+from meshxmpp.xml import ns
+from meshxmpp.xml.errors import StreamError
+from meshxmpp.xml.serialize import to_bytes, to_str
+from meshxmpp.xml.stream import parse_element
+
+if TYPE_CHECKING:
+    from meshxmpp.c2s.session import Session
+    from meshxmpp.context import NodeContext
+    from meshxmpp.xml.element import Element
+
+log = logging.getLogger("meshxmpp.mesh")
+
+#: Hops of the stanza being routed again by the worker (so a forward from there counts one more hop).
+_HOPS: contextvars.ContextVar[int] = contextvars.ContextVar("mesh_hops", default=0)
+_CARBON_NS = ns.CARBONS
+_WILDCARDS = frozenset({"", "0.0.0.0", "::"})
+#: How long a leaving node waits for its forwarded stanzas to be acked before it says goodbye.
+DRAIN_TIMEOUT = 3.0
+
+
+def default_node_name(port: int) -> str:
+    host = socket.gethostname() or "node"
+    return f"{host}:{port}" if port else f"{host}-{secrets.token_hex(3)}"
+
+
+class MeshService:
+    def __init__(self, ctx: NodeContext) -> None:
+        cfg = ctx.config.mesh
+        self.ctx = ctx
+        self.cfg = cfg
+        self.name = cfg.node_name or default_node_name(cfg.port)
+        self.epoch = int(time.time() * 1000)
+        self.transport = MeshTransport(
+            node_name=self.name, bind=cfg.bind, port=cfg.port, secrets=cfg.secrets(),
+            advertise=cfg.advertise_address(), dial_timeout=cfg.dial_timeout,
+            handshake_timeout=cfg.handshake_timeout, max_frame=cfg.max_frame,
+        )
+        self.core: MeshCore | None = None
+        self.joined = trio.Event()
+        self._wake = trio.Event()
+        self._dirty = False
+        self._nursery: trio.Nursery | None = None
+        self._send_work: trio.MemorySendChannel[tuple[str, int, Element, Any]]
+        self._work: trio.MemoryReceiveChannel[tuple[str, int, Element, Any]]
+        self._send_work, self._work = trio.open_memory_channel(math.inf)
+        self._busy = 0  # items queued for the worker or in its hands
+        #: Fault injection for tests (meshxmpp.testing.cluster partitions): frames from these peers are
+        #: dropped on arrival. Empty in production.
+        self.blocked: set[str] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.cfg
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            port = await nursery.start(self.transport.run)
+            addr = self.transport.advertise or await self._guess_address(port)
+            self.transport.advertise = addr
+            seeds = await self._seeds(addr)
+            self.core = MeshCore(
+                self.name, addr, timing=cfg.timing(), rng=random.Random(), now=trio.current_time(),
+                epoch=self.epoch, seeds=seeds, repair_interval=cfg.repair_every(),
+                forward_window=cfg.forward_window, forward_retransmit=cfg.forward_retransmit,
+                max_frame=self.transport.max_frame,
+            )
+            self.transport.on_frame = self._on_frame
+            self.transport.on_connection_closed = self._on_closed
+            hub = self.ctx.hub
+            hub.hook("session/bound", self._bound)
+            hub.hook("session/end", self._ended)
+            self._pump()
+            nursery.start_soon(self._timer_loop)
+            nursery.start_soon(self._worker)
+            if self.core.joined:
+                self.joined.set()
+            with trio.move_on_after(cfg.join_timeout):
+                await self.joined.wait()
+            if not self.joined.is_set():
+                log.warning("mesh %s: no seed answered within %.1f s; serving alone until one does",
+                            self.name, cfg.join_timeout)
+            log.info("mesh %s on %s:%d (epoch %d), %d session records", self.name, addr[0], addr[1],
+                     self.epoch, len(self.core.directory))
+            task_status.started(self)
+
+    async def shutdown(self) -> None:
+        """Leave gracefully: drain the work queue and unacked forwards (bounded), say goodbye, close."""
+        timeout = DRAIN_TIMEOUT
+        core = self.core
+        if core is None or self._nursery is None:
+            return
+        with trio.move_on_after(timeout):
+            while self._busy or core.forwarder.statistics().in_flight:  # noqa: ASYNC110
+                await trio.sleep(0.01)  # bounded poll of two counters while the network drains
+        core.leave(trio.current_time())
+        self._pump()
+        with trio.move_on_after(min(1.0, timeout)):
+            await trio.sleep(core.membership.timing.gossip_interval * 2)  # let the 'left' gossip go out
+        await self.transport.aclose()
+        self._nursery.cancel_scope.cancel()
+
+    async def _guess_address(self, port: int) -> tuple[str, int]:
+        """Where peers reach us when bound to a wildcard and no advertise address is set: the local
+        address of a route towards the first peer, else the host name's address."""
+        host = "127.0.0.1"
+        peers = self.cfg.peer_addresses()
+
+        def probe() -> str:
+            if peers:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    try:
+                        s.connect((peers[0][0], peers[0][1] or 5701))
+                        return str(s.getsockname()[0])
+                    except OSError:
+                        pass
+            try:
+                return socket.gethostbyname(socket.gethostname())
+            except OSError:
+                return host
+
+        if self.cfg.bind not in _WILDCARDS:
+            return (self.cfg.bind, port)
+        return (await trio.to_thread.run_sync(probe), port)
+
+    async def _seeds(self, me: tuple[str, int]) -> list[tuple[str, int]]:
+        """The configured peers, without this node itself (one peer list is often shared by all)."""
+        out = []
+        for host, port in self.cfg.peer_addresses():
+            try:
+                infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError:
+                out.append((host, port))  # resolved again at each dial
+                continue
+            ips = {str(info[4][0]) for info in infos}
+            if port == me[1] and any(ip == me[0] or _is_local(ip) and _is_local(me[0]) for ip in ips):
+                continue
+            out.append((host, port))
+        return out
+
+    # ------------------------------------------------------------------ the router's side
+
+    def remote_of(self, bare: JID) -> list[SessionRecord]:
+        core = self.core
+        if core is None:
+            return []
+        records = core.remote_of(bare)
+        if records:
+            local = self.ctx.sessions
+            records = [r for r in records if local.get(r.jid) is None]
+        return records
+
+    def remote_get(self, full: JID) -> SessionRecord | None:
+        core = self.core
+        if core is None:
+            return None
+        record = core.directory.get(full)
+        return record if record is not None and record.node != self.name else None
+
+    def any_carbons(self, bare: JID) -> bool:
+        return any(r.carbons for r in self.remote_of(bare)) if self.core is not None else False
+
+    def forward(self, record: SessionRecord, el: Element) -> bool:
+        core = self.core
+        if core is None:
+            return False
+        ok = core.forward(trio.current_time(), record.node, str(record.jid), to_bytes(el), _HOPS.get())
+        if ok:
+            self._kick()
+        return ok
+
+    def spawn(self, awaitable: Awaitable[Any]) -> None:
+        """Run router work that has to await (storing a message offline) in the service's nursery."""
+        async def run() -> None:
+            await awaitable
+
+        if self._nursery is not None:
+            self._nursery.start_soon(run)
+
+    def session_changed(self, session: Session) -> None:
+        core = self.core
+        if core is None or session.ended or self.ctx.sessions.get(session.jid) is not session:
+            return
+        core.put_session(self._record(session))
+        self._after_local_write()
+
+    def status(self) -> dict[str, object]:
+        assert self.core is not None
+        status = self.core.status()
+        status["profile"] = self.cfg.profile
+        return status
+
+    # ------------------------------------------------------------------ hub hooks
+
+    def _bound(self, session: Session) -> None:
+        core = self.core
+        if core is None:
+            return
+        session.bound_at = core.bind_time(session.jid, session.bound_at)
+        core.put_session(self._record(session))
+        self._after_local_write()
+
+    async def _ended(self, session: Session) -> None:
+        core = self.core
+        if core is None or not hasattr(session, "jid"):
+            return
+        current = self.ctx.sessions.get(session.jid)
+        if current is None:
+            core.remove_session(session.jid)
+        elif current is not session:
+            core.put_session(self._record(current))  # a newer login replaced it here
+        self._after_local_write()
+
+    def _record(self, s: Session) -> SessionRecord:
+        presence = s.presence
+        return SessionRecord(
+            jid=s.jid, node=self.name, available=s.available, priority=s.priority, show=s.show,
+            last_activity=s.last_activity, carbons=s.carbons, interested=s.interested,
+            bound_at=s.bound_at, presence=to_str(presence) if presence is not None and s.available else None,
+        )
+
+    def _after_local_write(self) -> None:
+        assert self.core is not None
+        self._handle_events()  # a conflict found at put_session
+        self._kick()
+
+    # ------------------------------------------------------------------ transport callbacks
+
+    def _on_frame(self, peer: str, kind: int, payload: bytes) -> None:
+        assert self.core is not None
+        if peer in self.blocked:
+            return
+        self.core.on_frame(trio.current_time(), peer, kind, payload)
+        self._pump()
+
+    def _on_closed(self, event: ConnectionClosed) -> None:
+        if event.outbound and event.peer is None and event.dial_addr is not None and self.core is not None:
+            self.core.on_send_failed(trio.current_time(), event.dial_addr)
+            self._pump()
+
+    # ------------------------------------------------------------------ pumping
+
+    def _kick(self) -> None:
+        if not self._dirty:
+            self._dirty = True
+            self._wake.set()
+
+    async def _timer_loop(self) -> None:
+        core = self.core
+        assert core is not None
+        while True:
+            if not self._dirty:
+                with trio.move_on_at(core.next_deadline()):
+                    await self._wake.wait()
+            self._wake = trio.Event()
+            self._dirty = False
+            now = trio.current_time()
+            if now >= core.next_deadline():
+                core.on_timer(now)
+            self._pump()
+
+    def _pump(self) -> None:
+        core = self.core
+        if core is None:
+            return
+        for _ in range(100):
+            out = core.drain_outgoing()
+            if not out:
+                break
+            now = trio.current_time()
+            for addr, kind, payload in out:
+                if not self.transport.send(addr, kind, payload) and kind == Kind.MEMBERSHIP:
+                    core.on_send_failed(now, addr)
+        self._handle_events()
+
+    def _handle_events(self) -> None:
+        core = self.core
+        assert core is not None
+        for event in core.drain_events():
+            if isinstance(event, Inbound):
+                self._inbound(event)
+            elif isinstance(event, Reroute):
+                el = self._parse(event.stanza)
+                if el is not None:
+                    self._queue("reroute", event.hops, el, event.target)
+            elif isinstance(event, SessionsLost):
+                self._lost(event)
+            elif isinstance(event, ConflictLost):
+                session = self.ctx.sessions.get(event.jid)
+                if session is not None:
+                    log.info("mesh: %s is bound on %s too (newer bind): closing ours with <conflict/>",
+                             event.jid, event.winner.node)
+                    session.close("conflict", "Replaced by a newer login")
+            elif isinstance(event, Joined):
+                log.info("mesh %s: joined through %s", self.name, event.via)
+                self.joined.set()
+            elif isinstance(event, MemberChanged):
+                m = event.member
+                log.info("mesh %s: member %s (%s:%d) is %s", self.name, m.name, m.addr[0], m.addr[1], event.state)
+
+    def _parse(self, data: bytes) -> Element | None:
+        try:
+            return parse_element(data, max_size=self.ctx.config.c2s.max_stanza_size + 65536)
+        except StreamError as e:
+            log.warning("mesh: dropping an unreadable forwarded stanza (%s)", e.condition)
+            return None
+
+    def _inbound(self, event: Inbound) -> None:
+        assert self.core is not None
+        el = self._parse(event.stanza)
+        if el is None:
+            self.core.acknowledge(event.peer, event.token)
+            return
+        if not self._busy:
+            try:
+                session = self.ctx.sessions.get(JID.parse(event.target))
+            except InvalidJID:
+                session = None
+            if session is not None and not session.closed:
+                session.send(el)
+                self.core.acknowledge(event.peer, event.token)
+                self._kick()
+                return
+        self._queue("inbound", event.hops, el, event)
+
+    def _queue(self, what: str, hops: int, el: Element, extra: Any) -> None:
+        self._busy += 1
+        self._send_work.send_nowait((what, hops, el, extra))
+
+    async def _worker(self) -> None:
+        async for what, hops, el, extra in self._work:
+            try:
+                target = extra.target if what == "inbound" else extra
+                await self._deliver(target, hops, el)
+            except Exception:  # one bad stanza must not stop the mesh
+                log.exception("mesh: routing a forwarded stanza failed")
+            finally:
+                self._busy -= 1
+            if what == "inbound" and self.core is not None:
+                self.core.acknowledge(extra.peer, extra.token)
+                self._kick()
+
+    async def _deliver(self, target: str, hops: int, el: Element) -> None:
+        try:
+            jid: JID | None = JID.parse(target)
+        except InvalidJID:
+            jid = None
+        session = self.ctx.sessions.get(jid) if jid is not None else None
+        if session is not None and not session.closed:
+            session.send(el)
+            return
+        if el.name == "message" and any(c.ns == _CARBON_NS for c in el.children if not isinstance(c, str)):
+            return  # a carbon copy for a session that is gone: its own copy went elsewhere
+        token = _HOPS.set(hops)
+        try:
+            result = self.ctx.router.route(el, None)
+            if result is not None and inspect.isawaitable(result):
+                await result
+        finally:
+            _HOPS.reset(token)
+
+    def _lost(self, event: SessionsLost) -> None:
+        how = "left" if event.left else "died"
+        log.info("mesh %s: node %s %s with %d sessions%s", self.name, event.node, how, len(event.records),
+                 "; announcing them unavailable" if event.announce else "")
+        if not event.announce or self._nursery is None:
+            return
+        from meshxmpp.im.presence import announce_lost
+
+        lost = [r.jid for r in event.records if r.available]
+
+        async def announce() -> None:
+            for jid in lost:
+                try:
+                    await announce_lost(self.ctx, jid)
+                except Exception:
+                    log.exception("mesh: announcing %s unavailable failed", jid)
+
+        if lost:
+            self._nursery.start_soon(announce)
+
+
+def _is_local(ip: str) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return addr.is_loopback or addr.is_unspecified
