@@ -14,8 +14,12 @@ normal message for an existing user is stored with ``<delay from=domain stamp=â€
   refreshes the resource's last-seen time, so a device is forgotten ``RESOURCE_MEMORY``
   seconds after it was last online, not after it logged in.
 
-Each user's deliveries run under one lock, so two resources sending initial presence at the
-same moment never both take (first-resource) or both get twice (all-resources) a message.
+Delivery claims its messages in storage before queueing them (``Offline.take`` for
+first-resource, ``Offline.claim`` for all-resources; one transaction each), so two resources
+sending initial presence at the same moment, on this node or on another node sharing the
+database, never both take (first-resource) or both get twice (all-resources) a message. A crash
+between the claim and queueing the stanzas loses them for that resource: at most once in that
+window (docs/offline.md, "Shared SQLite").
 """
 
 from __future__ import annotations
@@ -117,7 +121,9 @@ class Offline:
         if session.priority < 0:
             return  # as Prosody: a negative-priority resource is not where messages go
         user = str(session.bare)
-        # The lock makes two resources coming online together receive each message once.
+        # The storage claims (take / claim) make each message go to one deliverer even across
+        # nodes sharing the database; the lock keeps this node's deliveries for one user in
+        # order and out of each other's write transactions.
         async with self.locks(user):
             if self.all_resources:
                 await self._deliver_each(session, user)
@@ -125,47 +131,62 @@ class Offline:
                 await self._deliver_first(session, user)
 
     async def _deliver_first(self, session: Session, user: str) -> None:
-        messages = await self.ctx.storage.offline.fetch(user)
-        if not messages or session.closed:
+        if session.closed:
+            return
+        offline = self.ctx.storage.offline
+        # Taken = deleted, atomically: a racing resource (on this node or another) gets none.
+        messages = await offline.take(user)
+        if not messages:
+            return
+        # No checkpoint between here and the last deliver(): a cancellation (the client hung
+        # up) cannot strand taken messages in between.
+        if session.closed:
+            # It ended while we waited for storage: the messages go back for its next login.
+            with _shielded():
+                await offline.restore(user, messages)
             return
         for message in messages:
             el = self._load(message, user)
             if el is not None:
                 self.ctx.router.deliver(session, el)
-        with _shielded():
-            await self.ctx.storage.offline.delete(user, [m.id for m in messages])
 
     async def _deliver_each(self, session: Session, user: str) -> None:
         offline = self.ctx.storage.offline
         resource = session.jid.resource or ""
         now = self.ctx.now()
         forget_before = now - self.resource_memory
+        expire_before = now - self.max_age
         await offline.remember_resource(user, resource, seen=now, forget_before=forget_before)
         if not session.ended:  # else its session/end has already run and would never pop it
             self._remembered[session.jid] = session
-        messages = await offline.pending(user, resource)
-        if session.closed:
-            return  # it ended while we waited: the messages stay for its next login
-        fresh = [m for m in messages if m.stamp >= now - self.max_age]
+        claimed: list[OfflineMessage] = []
+        if not session.closed:
+            # Recorded as had by this resource in the same transaction that selects them: a
+            # second session of the same resource (e.g. on another node) gets each one once.
+            claimed = await offline.claim(user, resource, expire_before=expire_before)
+        if claimed and session.closed:
+            # It ended while we waited: they stay for its next login.
+            with _shielded():
+                await offline.release(user, resource, [m.id for m in claimed])
+            return
         sent: list[int] = []
         unreadable: list[int] = []
-        for message in fresh:
+        for message in claimed:
             el = self._load(message, user)
             if el is None:
                 unreadable.append(message.id)
             else:
                 self.ctx.router.deliver(session, el)
                 sent.append(message.id)
-        if unreadable:
-            await offline.delete(user, unreadable)
-        # After the stanzas are queued to the session, one transaction records that this resource
-        # had them and deletes what every known resource has had (or what expired). A crash in
-        # between delivers them again at the next login: at least once, never lost.
-        # Also run with nothing sent: a forgotten resource may have completed older messages.
+        # Then one transaction deletes what every known resource has had (or what expired);
+        # ``sent`` is already recorded by the claim. Also run with nothing sent: a forgotten
+        # resource may have completed older messages. Shielded: the claim has committed.
         gone: list[int] = []
         with _shielded():
+            if unreadable:
+                await offline.delete(user, unreadable)
             gone = await offline.mark_delivered(
-                user, resource, sent, known_since=forget_before, expire_before=now - self.max_age
+                user, resource, sent, known_since=forget_before, expire_before=expire_before
             )
         if gone:
             log.debug("offline: %d message(s) for %s delivered everywhere or expired", len(gone), user)

@@ -56,7 +56,8 @@ Addr = tuple[str, int]
 # DIRECTORY frame payloads: one type byte, then the body.
 _UPDATES, _DIGEST_ASK, _DIGEST_ANSWER = 1, 2, 3
 _LEN = struct.Struct("!I")
-_STANZA_HEAD = struct.Struct("!BH")  # hops, target length
+_STANZA_HEAD = struct.Struct("!BH")  # flags | hops, target length
+_SHARED = 0x80  # flag: the routing decision delivered the same stanza to other sessions too
 #: A forwarded stanza goes around at most this many times (a stale table on both sides) before it is
 #: handled as if its target had no session anywhere.
 MAX_HOPS = 3
@@ -68,13 +69,16 @@ MAX_HOPS = 3
 @dataclass(frozen=True, slots=True)
 class Inbound:
     """A stanza forwarded to us for ``target``: deliver it (or route it again with ``hops``), then pass
-    ``peer`` and ``token`` to `MeshCore.acknowledge`."""
+    ``peer`` and ``token`` to `MeshCore.acknowledge`. ``shared``: other sessions got the same stanza
+    by the same decision, so if ``target`` is gone it is routed again only when none of the user's
+    sessions is left (to offline storage), never duplicated to one that had its copy."""
 
     peer: str
     token: object
     target: str
     hops: int
     stanza: bytes
+    shared: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +88,7 @@ class Reroute:
     target: str
     hops: int
     stanza: bytes
+    shared: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,20 +126,20 @@ class MemberChanged:
 MeshEvent = Inbound | Reroute | SessionsLost | ConflictLost | Joined | MemberChanged
 
 
-def encode_stanza(target: str, hops: int, stanza: bytes) -> bytes:
+def encode_stanza(target: str, hops: int, stanza: bytes, shared: bool = False) -> bytes:
     t = target.encode()
-    return _STANZA_HEAD.pack(min(hops, 255), len(t)) + t + stanza
+    return _STANZA_HEAD.pack(min(hops, 127) | (_SHARED if shared else 0), len(t)) + t + stanza
 
 
-def decode_stanza(data: bytes) -> tuple[str, int, bytes]:
-    """``(target, hops, stanza)``; ValueError when malformed."""
+def decode_stanza(data: bytes) -> tuple[str, int, bytes, bool]:
+    """``(target, hops, stanza, shared)``; ValueError when malformed."""
     if len(data) < _STANZA_HEAD.size:
         raise ValueError("forwarded stanza too short")
-    hops, n = _STANZA_HEAD.unpack_from(data)
+    flags, n = _STANZA_HEAD.unpack_from(data)
     end = _STANZA_HEAD.size + n
     if len(data) < end:
         raise ValueError("forwarded stanza target truncated")
-    return data[_STANZA_HEAD.size:end].decode(), hops, data[end:]
+    return data[_STANZA_HEAD.size:end].decode(), flags & 0x7F, data[end:], bool(flags & _SHARED)
 
 
 # --------------------------------------------------------------------------- the core
@@ -188,7 +193,8 @@ class MeshCore:
         if delta is not None:
             self._pending.append(delta)
 
-    def forward(self, now: float, node: str, target: str, stanza: bytes, hops: int = 0) -> bool:
+    def forward(self, now: float, node: str, target: str, stanza: bytes, hops: int = 0, *,
+                shared: bool = False) -> bool:
         """Send ``stanza`` to ``target``'s session on ``node``. False: not possible now (unknown or dead
         node, backlog full, too big); the caller routes it as if the session were gone."""
         member = self.membership.member(node)
@@ -196,7 +202,7 @@ class MeshCore:
             return False
         if len(stanza) > self.max_stanza:
             return False
-        return self.forwarder.send(now, node, encode_stanza(target, hops + 1, stanza))
+        return self.forwarder.send(now, node, encode_stanza(target, hops + 1, stanza, shared))
 
     def acknowledge(self, peer: str, token: object) -> None:
         self.forwarder.acknowledge(peer, token)
@@ -306,10 +312,10 @@ class MeshCore:
             records = tuple(self.directory.purge(member.name))
             for data in self.forwarder.on_peer_dead(member.name):
                 try:
-                    target, hops, stanza = decode_stanza(data)
+                    target, hops, stanza, shared = decode_stanza(data)
                 except (ValueError, UnicodeDecodeError):
                     continue
-                self._events.append(Reroute(target, hops, stanza))
+                self._events.append(Reroute(target, hops, stanza, shared))
             live = sorted(m.name for m in self.membership.alive() if m.name != member.name)
             announce = bool(live) and live[0] == self.name
             self._events.append(SessionsLost(member.name, records, announce, isinstance(event, MemberLeft)))
@@ -325,12 +331,12 @@ class MeshCore:
 
     def _inbound(self, peer: str, token: object, data: bytes) -> None:
         try:
-            target, hops, stanza = decode_stanza(data)
+            target, hops, stanza, shared = decode_stanza(data)
         except (ValueError, UnicodeDecodeError):
             self.counters["malformed"] += 1
             self.forwarder.acknowledge(peer, token)  # nothing anyone can do with it
             return
-        self._events.append(Inbound(peer, token, target, hops, stanza))
+        self._events.append(Inbound(peer, token, target, hops, stanza, shared))
 
     def _on_directory(self, peer: str, payload: bytes) -> None:
         if not payload:

@@ -209,11 +209,14 @@ class MeshService:
     def any_carbons(self, bare: JID) -> bool:
         return any(r.carbons for r in self.remote_of(bare)) if self.core is not None else False
 
-    def forward(self, record: SessionRecord, el: Element) -> bool:
+    def forward(self, record: SessionRecord, el: Element, *, shared: bool = False) -> bool:
+        """Forward ``el`` to ``record``'s session; ``shared``: the same decision delivered it to other
+        sessions of the user too (see `mesh.core.Inbound`)."""
         core = self.core
         if core is None:
             return False
-        ok = core.forward(trio.current_time(), record.node, str(record.jid), to_bytes(el), _HOPS.get())
+        ok = core.forward(trio.current_time(), record.node, str(record.jid), to_bytes(el), _HOPS.get(),
+                          shared=shared)
         if ok:
             self._kick()
         return ok
@@ -232,6 +235,11 @@ class MeshService:
             return
         core.put_session(self._record(session))
         self._after_local_write()
+
+    @property
+    def busy(self) -> int:
+        """Forwarded stanzas and re-routes queued for (or in the hands of) the worker."""
+        return self._busy
 
     def status(self) -> dict[str, object]:
         assert self.core is not None
@@ -331,7 +339,7 @@ class MeshService:
             elif isinstance(event, Reroute):
                 el = self._parse(event.stanza)
                 if el is not None:
-                    self._queue("reroute", event.hops, el, event.target)
+                    self._queue("reroute", event.hops, el, event)
             elif isinstance(event, SessionsLost):
                 self._lost(event)
             elif isinstance(event, ConflictLost):
@@ -379,8 +387,7 @@ class MeshService:
     async def _worker(self) -> None:
         async for what, hops, el, extra in self._work:
             try:
-                target = extra.target if what == "inbound" else extra
-                await self._deliver(target, hops, el)
+                await self._deliver(extra.target, hops, el, extra.shared)
             except Exception:  # one bad stanza must not stop the mesh
                 log.exception("mesh: routing a forwarded stanza failed")
             finally:
@@ -389,7 +396,7 @@ class MeshService:
                 self.core.acknowledge(extra.peer, extra.token)
                 self._kick()
 
-    async def _deliver(self, target: str, hops: int, el: Element) -> None:
+    async def _deliver(self, target: str, hops: int, el: Element, shared: bool) -> None:
         try:
             jid: JID | None = JID.parse(target)
         except InvalidJID:
@@ -400,6 +407,8 @@ class MeshService:
             return
         if el.name == "message" and any(c.ns == _CARBON_NS for c in el.children if not isinstance(c, str)):
             return  # a carbon copy for a session that is gone: its own copy went elsewhere
+        if shared and jid is not None and self.ctx.router.available_of(jid.bare):
+            return  # the user's other sessions had their copies by the same decision: no duplicate
         token = _HOPS.set(hops)
         try:
             result = self.ctx.router.route(el, None)

@@ -159,9 +159,9 @@ class Router:
         if self.mesh is not None:
             self.mesh.session_changed(session)
 
-    def _forward(self, record: SessionRecord, el: Element) -> None:
+    def _forward(self, record: SessionRecord, el: Element, shared: bool = False) -> None:
         assert self.mesh is not None
-        if self.mesh.forward(record, el):
+        if self.mesh.forward(record, el, shared=shared):
             return
         # The node cannot take it now (dead, unknown, backlog full): as if the session were gone.
         if el.name == "message" and el.attrs.get("type", "normal") in ("chat", "normal"):
@@ -329,7 +329,7 @@ class Router:
                     if session is not None:
                         session.send(el)
                     elif self.mesh is not None and (record := self.mesh.remote_get(jid)) is not None:
-                        self._forward(record, el)
+                        self._forward(record, el, len(decision.actions) > 1)
                 case policy.DeliverCarbon(jid=jid, direction=direction):
                     target = self.session_at(jid)
                     if target is not None:

@@ -9,6 +9,9 @@ and the real backends agree:
 * ``Offline.fetch()`` is oldest first (ascending id); ids are never reused for a store.
 * ``Offline.store()`` refuses (``False``) when the user already holds ``limit`` messages.
 * ``Offline.delete()`` ignores ids that are unknown or belong to another user.
+* ``Offline.take()`` and ``Offline.claim()`` are atomic claims: of several callers racing on
+  one user (one resource, for ``claim``), even through different ``Storage`` objects on one
+  SQLite file, each message goes to exactly one (``docs/storage.md``).
 * Known resources and delivery records (``[offline] delivery = "all-resources"``, see
   ``docs/offline.md``): ``known_resources()`` is sorted by resource; ``pending()`` is oldest
   first; ``mark_delivered()`` records and deletes in one transaction and returns the deleted
@@ -118,6 +121,17 @@ class Offline(Protocol):
         """Delete these messages of ``user`` with their delivery records; other ids are ignored."""
         ...
 
+    async def take(self, user: str) -> list[OfflineMessage]:
+        """Atomically fetch and delete all messages of ``user`` (with their delivery records),
+        oldest first: of concurrent takers each message is returned to exactly one
+        (``[offline] delivery = "first-resource"``)."""
+        ...
+
+    async def restore(self, user: str, messages: list[OfflineMessage]) -> None:
+        """Put messages returned by ``take`` back, with their ids, stanzas and stamps (the
+        taker could not deliver them). Ids still stored are ignored; the quota is not checked."""
+        ...
+
     # For ``[offline] delivery = "all-resources"`` (docs/offline.md). ------------------------
 
     async def remember_resource(self, user: str, resource: str, *, seen: float, forget_before: float) -> None:
@@ -132,6 +146,18 @@ class Offline(Protocol):
 
     async def pending(self, user: str, resource: str) -> list[OfflineMessage]:
         """``user``'s messages not yet delivered to ``resource``, oldest first."""
+        ...
+
+    async def claim(self, user: str, resource: str, *, expire_before: float) -> list[OfflineMessage]:
+        """In one transaction: ``user``'s messages not yet delivered to ``resource`` and stamped
+        at or after ``expire_before``, oldest first, recorded as delivered to ``resource`` (as
+        ``mark_delivered`` would, without deleting anything). Of concurrent claims for the same
+        resource each message is returned to exactly one."""
+        ...
+
+    async def release(self, user: str, resource: str, ids: list[int]) -> None:
+        """Undo ``claim`` for ``ids`` (the claimer could not deliver them): ``resource`` has not
+        had them. Ids that are unknown, another user's, or not recorded are ignored."""
         ...
 
     async def mark_delivered(

@@ -138,6 +138,23 @@ class MemoryOffline:
         await trio.lowlevel.checkpoint()
         self._drop(user, set(ids))
 
+    async def take(self, user: str) -> list[OfflineMessage]:
+        await trio.lowlevel.checkpoint()
+        queue = self._s.offline.pop(user, [])
+        for m in queue:
+            self._s.delivered.pop(m.id, None)
+        return queue
+
+    async def restore(self, user: str, messages: list[OfflineMessage]) -> None:
+        await trio.lowlevel.checkpoint()
+        if not messages:
+            return
+        queue = self._s.offline.get(user, [])
+        present = {m.id for m in queue}
+        back = {m.id: OfflineMessage(id=m.id, stanza=m.stanza, stamp=float(m.stamp)) for m in messages}
+        merged = queue + [m for i, m in back.items() if i not in present]
+        self._s.offline[user] = sorted(merged, key=lambda m: m.id)
+
     def _drop(self, user: str, drop: set[int]) -> list[int]:
         """Delete ``user``'s messages whose id is in ``drop``; returns the ids deleted, ascending."""
         queue = self._s.offline.get(user)
@@ -170,6 +187,27 @@ class MemoryOffline:
     async def pending(self, user: str, resource: str) -> list[OfflineMessage]:
         await trio.lowlevel.checkpoint()
         return [m for m in self._s.offline.get(user, ()) if resource not in self._s.delivered.get(m.id, ())]
+
+    async def claim(self, user: str, resource: str, *, expire_before: float) -> list[OfflineMessage]:
+        await trio.lowlevel.checkpoint()
+        mine = [
+            m
+            for m in self._s.offline.get(user, ())
+            if m.stamp >= expire_before and resource not in self._s.delivered.get(m.id, ())
+        ]
+        for m in mine:
+            self._s.delivered.setdefault(m.id, set()).add(resource)
+        return mine
+
+    async def release(self, user: str, resource: str, ids: list[int]) -> None:
+        await trio.lowlevel.checkpoint()
+        wanted = set(ids)
+        for m in self._s.offline.get(user, ()):
+            had = self._s.delivered.get(m.id)
+            if m.id in wanted and had is not None:
+                had.discard(resource)
+                if not had:
+                    del self._s.delivered[m.id]
 
     async def mark_delivered(
         self, user: str, resource: str, ids: list[int], *, known_since: float, expire_before: float

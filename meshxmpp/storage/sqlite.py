@@ -9,6 +9,15 @@ inside the worker call, so a coroutine that returned has committed ("acknowledge
 committed"). WAL with ``synchronous=NORMAL`` survives process crashes; only a power loss can
 drop the last transactions.
 
+Several writers on one file (nodes sharing a host, docs/storage.md): every ``SqliteStorage``
+has its own connection, and they may be in one process or many. WAL lets readers run while
+one connection writes; a write transaction takes the write lock at ``BEGIN IMMEDIATE``, so a
+read-then-write (quota, ``take``, ``claim``) never has to upgrade a read lock half-way (the
+upgrade that fails with ``SQLITE_BUSY`` however long the busy timeout). A writer that finds
+the lock held waits up to ``BUSY_TIMEOUT`` inside SQLite; whatever still comes back busy
+(e.g. switching a fresh file to WAL while another process opens it) is retried as a whole
+operation, each of which is one transaction or a read, until ``BUSY_RETRY_FOR`` has passed.
+
 Cancellation: a call whose task is cancelled while queued for the worker does nothing; once
 the worker has started it, the call completes (and commits) before the cancellation is seen.
 """
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -30,30 +40,70 @@ from sqlite_utils import Database
 from meshxmpp.c2s.sasl import ScramCredentials
 from meshxmpp.storage.base import KnownResource, OfflineMessage, RosterItem, Storage, StorageClosedError
 
-__all__ = ["MIGRATIONS", "SchemaError", "SqliteStorage", "migrate", "schema_version"]
+__all__ = ["BUSY_RETRY_FOR", "BUSY_TIMEOUT", "MIGRATIONS", "SchemaError", "SqliteStorage", "migrate", "schema_version"]
 
 T = TypeVar("T")
 
-# Seconds another process may hold the write lock before we give up with "database is locked".
-BUSY_TIMEOUT = 5.0
+# Seconds SQLite waits for another connection's write lock (PRAGMA busy_timeout) before a
+# statement fails with "database is locked".
+BUSY_TIMEOUT = 10.0
+# Seconds an operation that still failed busy is retried (whole, after a rollback) before the
+# error reaches the caller. Bounds how long close() may wait for the operation in flight.
+BUSY_RETRY_FOR = 30.0
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+
+
+def _is_busy(exc: BaseException) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED (any extended code): another connection holds a lock."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    text = str(exc)
+    return "database is locked" in text or "database table is locked" in text or "busy" in text
+
+
+def _retry_busy(fn: Callable[[], T], *, retry_for: float = BUSY_RETRY_FOR) -> T:
+    """Call ``fn`` (one whole transaction or read), again while it fails busy, for at most
+    ``retry_for`` seconds, with jittered exponential back-off. Blocking: worker threads only."""
+    deadline = time.monotonic() + retry_for
+    delay = 0.002
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            left = deadline - time.monotonic()
+            if not _is_busy(exc) or left <= 0:
+                raise
+            time.sleep(min(left, random.uniform(delay / 2, delay)))
+            delay = min(delay * 2, 0.1)
 
 
 class SchemaError(RuntimeError):
     """The database was written by a newer meshxmpp (unknown schema version)."""
 
 
+def _rollback(db: Database) -> None:
+    if db.conn.in_transaction:
+        db.conn.execute("ROLLBACK")
+
+
 @contextmanager
 def _transaction(db: Database) -> Iterator[None]:
-    # IMMEDIATE takes the write lock up front, so a read-then-write (the offline quota)
-    # cannot be interleaved with another writer, even from another process.
+    # IMMEDIATE takes the write lock up front (waiting up to BUSY_TIMEOUT for it), so a
+    # read-then-write (the offline quota, take, claim) cannot be interleaved with another
+    # writer, even from another process, and never fails half-way on a lock upgrade.
+    # Whatever fails, the connection leaves here outside any transaction, so the whole
+    # operation can be retried (_retry_busy).
     db.conn.execute("BEGIN IMMEDIATE")
     try:
         yield
-    except BaseException:
-        db.conn.execute("ROLLBACK")
-        raise
-    else:
         db.conn.execute("COMMIT")
+    except BaseException:
+        _rollback(db)
+        raise
 
 
 # --- migrations -------------------------------------------------------------------------
@@ -373,6 +423,40 @@ class SqliteOffline:
 
         await self._run(op)
 
+    async def take(self, user: str) -> list[OfflineMessage]:
+        def op(db: Database) -> list[OfflineMessage]:
+            if db.execute("SELECT 1 FROM offline WHERE user = ? LIMIT 1", [user]).fetchone() is None:
+                return []  # the common login: no write lock taken
+            # Select and delete in one write transaction: of two connections taking at once
+            # (two nodes on one file), one gets the messages and the other nothing.
+            with _transaction(db):
+                rows = db.execute(
+                    "SELECT id, stanza, stamp FROM offline WHERE user = ? ORDER BY id", [user]
+                ).fetchall()
+                if rows:
+                    params = [(int(r[0]),) for r in rows]
+                    db.conn.executemany("DELETE FROM offline_delivered WHERE id = ?", params)
+                    db.conn.executemany("DELETE FROM offline WHERE id = ?", params)
+                return [OfflineMessage(id=int(i), stanza=str(st), stamp=float(t)) for i, st, t in rows]
+
+        return await self._run(op)
+
+    async def restore(self, user: str, messages: list[OfflineMessage]) -> None:
+        params = [(int(m.id), user, m.stanza, float(m.stamp)) for m in messages]
+        if not params:
+            await trio.lowlevel.checkpoint()
+            return
+
+        def op(db: Database) -> None:
+            with _transaction(db):
+                # Same ids (AUTOINCREMENT never hands them out again), so order is kept; an id
+                # still present is left alone.
+                db.conn.executemany(
+                    "INSERT OR IGNORE INTO offline (id, user, stanza, stamp) VALUES (?, ?, ?, ?)", params
+                )
+
+        await self._run(op)
+
     async def remember_resource(self, user: str, resource: str, *, seen: float, forget_before: float) -> None:
         def op(db: Database) -> None:
             with _transaction(db):
@@ -406,6 +490,44 @@ class SqliteOffline:
             return [OfflineMessage(id=int(i), stanza=str(s), stamp=float(t)) for i, s, t in cur]
 
         return await self._run(op)
+
+    async def claim(self, user: str, resource: str, *, expire_before: float) -> list[OfflineMessage]:
+        sql = (
+            "SELECT id, stanza, stamp FROM offline o WHERE user = ? AND stamp >= ? AND NOT EXISTS"
+            " (SELECT 1 FROM offline_delivered d WHERE d.id = o.id AND d.resource = ?) ORDER BY id"
+        )
+        args = [user, float(expire_before), resource]
+
+        def op(db: Database) -> list[OfflineMessage]:
+            if db.execute(sql + " LIMIT 1", args).fetchone() is None:
+                return []  # nothing to claim: no write lock taken
+            # Select and record in one write transaction: two sessions of one resource (on two
+            # nodes sharing the file) claiming at once get disjoint sets.
+            with _transaction(db):
+                rows = db.execute(sql, args).fetchall()
+                db.conn.executemany(
+                    "INSERT OR IGNORE INTO offline_delivered (id, resource) VALUES (?, ?)",
+                    [(int(r[0]), resource) for r in rows],
+                )
+                return [OfflineMessage(id=int(i), stanza=str(st), stamp=float(t)) for i, st, t in rows]
+
+        return await self._run(op)
+
+    async def release(self, user: str, resource: str, ids: list[int]) -> None:
+        params = [(resource, user, int(i)) for i in ids]
+        if not params:
+            await trio.lowlevel.checkpoint()
+            return
+
+        def op(db: Database) -> None:
+            with _transaction(db):
+                db.conn.executemany(
+                    "DELETE FROM offline_delivered WHERE resource = ?"
+                    " AND id IN (SELECT id FROM offline WHERE user = ? AND id = ?)",
+                    params,
+                )
+
+        await self._run(op)
 
     async def mark_delivered(
         self, user: str, resource: str, ids: list[int], *, known_since: float, expire_before: float
@@ -449,37 +571,61 @@ class SqliteStorage(Storage):
         self._limiter = trio.CapacityLimiter(1)
         # Read and written only inside the worker (under the limiter).
         self._db: Database | None = None
+        # How many times an operation was retried because another connection held a lock past
+        # BUSY_TIMEOUT (or SQLite reported busy at once); for tests and diagnostics.
+        self.busy_retries = 0
         self.accounts = SqliteAccounts(self)
         self.rosters = SqliteRosters(self)
         self.offline = SqliteOffline(self)
 
     async def _run(self, fn: Callable[[Database], T]) -> T:
-        """Run ``fn(db)`` in the worker thread; the only way anything touches the connection."""
+        """Run ``fn(db)`` in the worker thread; the only way anything touches the connection.
 
-        def call() -> T:
+        ``fn`` is one transaction or a read (or a read, then one transaction): when it fails
+        busy it is rolled back and run again (``_retry_busy``)."""
+
+        def attempt() -> T:
             db = self._db
             if db is None:
                 raise StorageClosedError(f"SqliteStorage({str(self.path)!r}) is not open")
-            return fn(db)
+            try:
+                return fn(db)
+            except sqlite3.OperationalError as exc:
+                _rollback(db)
+                if _is_busy(exc):
+                    self.busy_retries += 1
+                raise
+
+        def call() -> T:
+            return _retry_busy(attempt)
 
         result: T = await trio.to_thread.run_sync(call, limiter=self._limiter)
         return result
+
+    def _connect(self) -> Database:
+        conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT, check_same_thread=False)
+        try:
+            db = Database(conn, execute_plugins=False)
+            # Explicit, though timeout= already set it: the value every statement waits.
+            db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+            db.enable_wal()
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA foreign_keys = ON")
+            migrate(db)
+        except BaseException as exc:
+            conn.close()
+            if _is_busy(exc):
+                self.busy_retries += 1
+            raise
+        return db
 
     def _open_sync(self) -> None:
         if self._db is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT, check_same_thread=False)
-        try:
-            db = Database(conn, execute_plugins=False)
-            db.enable_wal()
-            db.execute("PRAGMA synchronous = NORMAL")
-            db.execute("PRAGMA foreign_keys = ON")
-            migrate(db)
-        except BaseException:
-            conn.close()
-            raise
-        self._db = db
+        # Several processes opening a fresh file at once race to switch it to WAL and to
+        # migrate it; the loser may be told "locked" without waiting: open again.
+        self._db = _retry_busy(self._connect)
 
     def _close_sync(self) -> None:
         db, self._db = self._db, None
@@ -491,6 +637,6 @@ class SqliteStorage(Storage):
 
     async def close(self) -> None:
         # Shielded: a cancelled close must still release the connection. It waits at most
-        # for the operation in flight, each bounded by the busy timeout.
+        # for the operation in flight, each bounded by BUSY_RETRY_FOR (plus one BUSY_TIMEOUT).
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(self._close_sync, limiter=self._limiter)

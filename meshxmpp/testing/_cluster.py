@@ -175,6 +175,37 @@ class Cluster:
 
         await self.wait(ok, lambda: f"not converged: want members {want}, views {self._views()}", timeout=timeout)
 
+    async def settled(self, *, timeout: float = 10.0) -> None:
+        """Every forwarded stanza has been acked and no node has forwarded work queued: what was routed
+        before this call has reached its recipients' outboxes (or offline storage)."""
+        def ok() -> bool:
+            for i in self.live():
+                mesh = self.mesh(i)
+                stats = mesh.core.forwarder.statistics()
+                if stats.in_flight or stats.backlog or mesh.busy:
+                    return False
+            return True
+
+        await self.wait(ok, "forwarded stanzas still in flight", timeout=timeout)
+
+    async def records(self, i: int, jid: str, check: Callable[[Any], bool], *, timeout: float = 10.0) -> None:
+        """Wait until every live node other than ``i``... sees the full JID ``jid`` (bound on node ``i``)
+        with a record for which ``check(record)`` is true (e.g. its priority after a presence)."""
+        from meshxmpp.jid import JID
+
+        full = JID.parse(jid)
+
+        def ok() -> bool:
+            for j in self.live():
+                if j == i:
+                    continue
+                record = self.mesh(j).remote_get(full)
+                if record is None or not check(record):
+                    return False
+            return True
+
+        await self.wait(ok, f"{jid} not replicated as expected", timeout=timeout)
+
     async def wait_dead(self, i: int, *, timeout: float = 10.0) -> None:
         """Every live node sees node ``i`` dead or left and holds none of its sessions."""
         name = f"node{i}"

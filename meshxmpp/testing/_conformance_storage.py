@@ -15,7 +15,9 @@ Behaviour pinned here beyond ``docs/internals.md``: ``Accounts.list()`` is sorte
 reused, ``Offline.delete`` ignores other users' and unknown ids; for all-resources delivery
 (``docs/offline.md``): ``known_resources()`` is sorted and ``last_seen`` never goes back,
 ``mark_delivered`` deletes a message only once some resource and every known one had it
-(or it expired), and delivery records and known resources go with their message / account.
+(or it expired), and delivery records and known resources go with their message / account;
+``take`` and ``claim`` are atomic claims (concurrent callers get disjoint sets whose union is
+everything), ``restore`` / ``release`` undo them.
 """
 
 from __future__ import annotations
@@ -41,9 +43,13 @@ __all__ = [
     "check_offline_expire",
     "check_offline_known_resources",
     "check_offline_mark_delivered_rules",
+    "check_offline_claim",
+    "check_offline_claim_concurrent",
     "check_offline_order",
     "check_offline_pending_and_mark_delivered",
     "check_offline_quota",
+    "check_offline_take",
+    "check_offline_take_concurrent",
     "check_roster_groups",
     "check_roster_hidden",
     "check_roster_items",
@@ -364,6 +370,126 @@ async def check_offline_delete_by_ids(make_storage: MakeStorage) -> None:
 
         await o.delete(ALICE, [m.id for m in await o.fetch(ALICE)])
         assert await o.count(ALICE) == 0
+
+
+async def check_offline_take(make_storage: MakeStorage) -> None:
+    async with _opened(make_storage) as s:
+        o = s.offline
+        assert await o.take(ALICE) == []
+        for i in range(4):
+            await o.store(ALICE, f"<a{i}/>", stamp=10.0 + i, limit=100)
+        await o.store(BOB, "<b/>", stamp=1.0, limit=100)
+        stored = await o.fetch(ALICE)
+        bob = await o.fetch(BOB)
+
+        taken = await o.take(ALICE)
+        assert taken == stored, "take returns every message, oldest first, exact"
+        assert await o.count(ALICE) == 0 and await o.fetch(ALICE) == [], "and deletes them"
+        assert await o.take(ALICE) == [], "a second take gets nothing"
+        assert await o.fetch(BOB) == bob, "other users untouched"
+
+        # restore puts them back as they were: same ids, order, stamps; twice is harmless
+        await o.store(ALICE, "<later/>", stamp=20.0, limit=100)
+        await o.restore(ALICE, taken)
+        await o.restore(ALICE, taken[:2])
+        await o.restore(ALICE, [])
+        got = await o.fetch(ALICE)
+        assert got[:4] == taken and [m.stanza for m in got[4:]] == ["<later/>"], "ids order them"
+        assert await o.count(ALICE) == 5
+        assert await o.take(ALICE) == got
+
+        # ids are still never reused after take
+        newest = max(m.id for m in got)
+        await o.store(ALICE, "<new/>", stamp=30.0, limit=100)
+        (new,) = await o.fetch(ALICE)
+        assert new.id > newest
+
+        # take removes delivery records with the messages
+        await o.remember_resource(ALICE, "phone", seen=1.0, forget_before=0.0)
+        await o.mark_delivered(ALICE, "laptop", [new.id], known_since=0.0, expire_before=0.0)
+        assert await o.take(ALICE) == [new]
+        await o.restore(ALICE, [new])
+        assert await o.pending(ALICE, "laptop") == [new], "restored without its old records"
+
+
+async def check_offline_take_concurrent(make_storage: MakeStorage) -> None:
+    async with _opened(make_storage) as s:
+        o = s.offline
+        for i in range(60):
+            await o.store(ALICE, f"<m{i}/>", stamp=float(i), limit=1000)
+        ids = [m.id for m in await o.fetch(ALICE)]
+        takes: list[list[int]] = []
+
+        async def take() -> None:
+            takes.append([m.id for m in await o.take(ALICE)])
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(take)
+        every = [i for t in takes for i in t]
+        assert sorted(every) == ids, "each message taken exactly once"
+        assert all(t == sorted(t) for t in takes)
+        assert await o.count(ALICE) == 0
+
+
+async def check_offline_claim(make_storage: MakeStorage) -> None:
+    async with _opened(make_storage) as s:
+        o = s.offline
+        for r in ("phone", "laptop"):
+            await o.remember_resource(ALICE, r, seen=1.0, forget_before=0.0)
+        assert await o.claim(ALICE, "phone", expire_before=0.0) == []
+        await o.store(ALICE, "<old/>", stamp=5.0, limit=10)
+        for i in range(3):
+            await o.store(ALICE, f"<m{i}/>", stamp=100.0 + i, limit=10)
+        await o.store(BOB, "<b/>", stamp=100.0, limit=10)
+        old, *msgs = await o.fetch(ALICE)
+        ids = [m.id for m in msgs]
+
+        claimed = await o.claim(ALICE, "phone", expire_before=100.0)
+        assert claimed == msgs, "oldest first, only those at or after expire_before"
+        assert await o.claim(ALICE, "phone", expire_before=100.0) == [], "claimed once"
+        assert await o.pending(ALICE, "phone") == [old], "claimed = delivered to phone"
+        assert await o.pending(ALICE, "laptop") == [old, *msgs]
+        assert await o.fetch(ALICE) == [old, *msgs], "claim deletes nothing"
+        assert await o.pending(BOB, "phone") == await o.fetch(BOB)
+
+        # release undoes it for the ids given (others' and unknown ids ignored)
+        (bob_msg,) = await o.fetch(BOB)
+        await o.release(ALICE, "phone", [ids[0], bob_msg.id, max(ids) + 1000])
+        await o.release(ALICE, "phone", [])
+        await o.release(ALICE, "tablet", ids)  # never had them: nothing to undo
+        assert await o.pending(ALICE, "phone") == [old, msgs[0]]
+        assert await o.claim(ALICE, "phone", expire_before=100.0) == [msgs[0]]
+
+        # mark_delivered finishes what claims recorded: laptop's claim completes all three
+        assert await o.claim(ALICE, "laptop", expire_before=100.0) == msgs
+        gone = await o.mark_delivered(ALICE, "laptop", ids, known_since=0.0, expire_before=100.0)
+        assert gone == [old.id, *ids], "expired and had-by-all, ascending"
+        assert await o.count(ALICE) == 0
+        assert await o.count(BOB) == 1
+
+
+async def check_offline_claim_concurrent(make_storage: MakeStorage) -> None:
+    async with _opened(make_storage) as s:
+        o = s.offline
+        await o.remember_resource(ALICE, "phone", seen=1.0, forget_before=0.0)
+        await o.remember_resource(ALICE, "laptop", seen=1.0, forget_before=0.0)
+        for i in range(60):
+            await o.store(ALICE, f"<m{i}/>", stamp=10.0, limit=1000)
+        ids = [m.id for m in await o.fetch(ALICE)]
+        got: dict[str, list[int]] = {"phone": [], "laptop": []}
+
+        async def claim(resource: str) -> None:
+            got[resource].extend(m.id for m in await o.claim(ALICE, resource, expire_before=0.0))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(claim, "phone")
+                nursery.start_soon(claim, "laptop")
+        assert sorted(got["phone"]) == ids, "each message claimed once for phone"
+        assert sorted(got["laptop"]) == ids, "and once for laptop"
+        gone = await o.mark_delivered(ALICE, "phone", [], known_since=0.0, expire_before=0.0)
+        assert gone == ids
 
 
 # --- offline: all-resources delivery (docs/offline.md) -------------------------------------
@@ -689,12 +815,16 @@ STORAGE_CHECKS: tuple[Callable[[MakeStorage], Awaitable[None]], ...] = (
     check_offline_order,
     check_offline_quota,
     check_offline_delete_by_ids,
+    check_offline_take,
+    check_offline_take_concurrent,
     check_offline_known_resources,
     check_offline_pending_and_mark_delivered,
     check_offline_mark_delivered_rules,
     check_offline_expire,
     check_offline_delivery_records_follow_messages,
     check_offline_concurrent_delivery,
+    check_offline_claim,
+    check_offline_claim_concurrent,
     check_account_delete_cascades,
     check_user_isolation,
     check_concurrent_writes,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 
 from meshxmpp.im.offline import stamp_text
@@ -121,3 +123,30 @@ async def test_unreadable_stored_message_is_skipped(h: Harness) -> None:
     a = await h.online("alice@example.org/a")
     assert [body(m) for m in messages(a.got)] == ["fine"]
     assert await h.storage.offline.count(ALICE) == 0
+
+
+async def test_a_session_closed_while_taking_puts_them_back(h: Harness) -> None:
+    """The take committed, but the session ended meanwhile: the messages are restored (same ids,
+    same order) for the next resource to come online."""
+    bob = await h.online("bob@example.org/b")
+    for i in range(3):
+        await h.send(bob, chat(ALICE, f"m{i}"))
+    store = h.storage.offline
+    before = await store.fetch(ALICE)
+    real_take = store.take
+    phone = h.bind("alice@example.org/phone")
+
+    async def take_then_hang_up(user: str) -> Any:
+        got = await real_take(user)
+        phone.closed = True
+        return got
+
+    store.take = take_then_hang_up  # type: ignore[method-assign]
+    await h.send(phone, available())
+    store.take = real_take  # type: ignore[method-assign]
+    assert messages(phone.got) == []
+    assert await store.fetch(ALICE) == before, "restored as they were"
+    await h.end(phone)
+    laptop = await h.online("alice@example.org/laptop")
+    assert [body(el) for el in messages(laptop.got)] == ["m0", "m1", "m2"]
+    assert await store.count(ALICE) == 0

@@ -331,3 +331,29 @@ async def test_first_resource_remembers_nothing_and_delivers_once() -> None:
     laptop = await h.online("alice@example.org/laptop")
     assert bodies(laptop) == []
     assert await h.storage.offline.known_resources(ALICE) == []
+
+
+async def test_a_session_closed_while_claiming_releases_the_claim() -> None:
+    """The claim committed, but the session ended meanwhile: the claim is undone, so the
+    resource gets the messages at its next login (and they are not deleted for it)."""
+    h = await harness()
+    await login_logout(h, "alice@example.org/phone")
+    await send(h, "m")
+    store = h.storage.offline
+    real_claim = store.claim
+    phone = h.bind("alice@example.org/phone")
+
+    async def claim_then_hang_up(*args: Any, **kwargs: Any) -> Any:
+        got = await real_claim(*args, **kwargs)
+        phone.closed = True
+        return got
+
+    store.claim = claim_then_hang_up  # type: ignore[method-assign]
+    await h.send(phone, Element("presence", ns.CLIENT))
+    store.claim = real_claim  # type: ignore[method-assign]
+    assert bodies(phone) == []
+    assert [m.stanza.count(">m<") for m in await store.pending(ALICE, "phone")] == [1], "released"
+    await h.end(phone)
+    phone = await h.online("alice@example.org/phone")
+    assert bodies(phone) == ["m"]
+    assert await store.count(ALICE) == 0

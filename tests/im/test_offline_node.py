@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
+
+import trio
 
 from meshxmpp import testing
 from meshxmpp.im import offline
@@ -165,3 +168,105 @@ async def test_all_resources_max_age_expiry() -> None:
         assert bodies(laptop) == ["fresh"], "an expired message is not delivered"
         assert await store.count(ALICE) == 0, "and it is deleted"
         await laptop.aclose()
+
+
+# --- two nodes sharing one SQLite file (issue #5) -------------------------------------------
+
+
+@asynccontextmanager
+async def two_nodes(
+    db: str, **offline_config: Any
+) -> AsyncIterator[tuple[testing.RunningNode, testing.RunningNode]]:
+    """Two in-process nodes, each with its own SqliteStorage on the same file ``db``."""
+    overrides = {"offline": offline_config, "storage": {"backend": "sqlite", "path": db}}
+    async with (
+        testing.node(overrides, domain="example.org") as a,
+        testing.node(overrides, domain="example.org") as b,
+    ):
+        await a.add_user("alice")
+        await a.add_user("bob")
+        yield a, b
+
+
+async def race_online(a: testing.RunningNode, b: testing.RunningNode) -> tuple[TestClient, TestClient]:
+    """alice binds one resource on each node, then both send initial presence at the same moment;
+    returns once both have answered a ping (every offline message for them has arrived)."""
+    one = await a.client("alice", resource="one")
+    two = await b.client("alice", resource="two")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one.send, Element("presence", ns.CLIENT))
+        nursery.start_soon(two.send, Element("presence", ns.CLIENT))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one.ping)
+        nursery.start_soon(two.ping)
+    return one, two
+
+
+ROUNDS = 5
+QUEUED = 40
+
+
+async def test_shared_sqlite_first_resource_exactly_once(tmp_path: Path) -> None:
+    async with two_nodes(str(tmp_path / "shared.sqlite3")) as (a, b):
+        for r in range(ROUNDS):
+            texts = [f"r{r}-m{i}" for i in range(QUEUED)]
+            bob = await send_from_bob(a if r % 2 else b, *texts)
+            assert await a.ctx.storage.offline.count(ALICE) == QUEUED
+            one, two = await race_online(a, b)
+            got_one, got_two = bodies(one), bodies(two)
+            assert sorted(got_one + got_two) == sorted(texts), f"round {r}: each message exactly once"
+            assert got_one == [] or got_two == [], "first-resource: one resource takes them all"
+            assert (got_one or got_two) == texts, "oldest first"
+            assert await b.ctx.storage.offline.count(ALICE) == 0
+            for client in (one, two, bob):
+                await client.aclose()
+            await a.session_count(ALICE, 0)
+            await b.session_count(ALICE, 0)
+
+
+async def test_shared_sqlite_all_resources_once_per_resource(tmp_path: Path) -> None:
+    async with two_nodes(str(tmp_path / "shared.sqlite3"), delivery="all-resources") as (a, b):
+        # both devices are known resources (each was online once, on either node)
+        for n, resource in ((a, "one"), (b, "two")):
+            await offline_now(n, await online(n, resource))
+        for r in range(ROUNDS):
+            texts = [f"r{r}-m{i}" for i in range(QUEUED)]
+            bob = await send_from_bob(a if r % 2 else b, *texts)
+            one, two = await race_online(a, b)
+            assert bodies(one) == texts, f"round {r}: 'one' gets each message once"
+            assert bodies(two) == texts, f"round {r}: 'two' gets each message once"
+            assert await a.ctx.storage.offline.count(ALICE) == 0, "both had them: deleted"
+            for client in (one, two, bob):
+                await client.aclose()
+            await a.session_count(ALICE, 0)
+            await b.session_count(ALICE, 0)
+
+
+async def test_shared_sqlite_same_resource_on_two_nodes(tmp_path: Path) -> None:
+    """all-resources: the *same* resource logging in on both nodes at once (a reconnect that lands
+    on another node while the old session is still there) still gets each message once in total."""
+    async with two_nodes(str(tmp_path / "shared.sqlite3"), delivery="all-resources") as (a, b):
+        for n, resource in ((a, "phone"), (a, "laptop")):
+            await offline_now(n, await online(n, resource))
+        for r in range(ROUNDS):
+            texts = [f"r{r}-m{i}" for i in range(QUEUED)]
+            bob = await send_from_bob(a, *texts)
+            x = await a.client("alice", resource="phone")
+            y = await b.client("alice", resource="phone")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(x.send, Element("presence", ns.CLIENT))
+                nursery.start_soon(y.send, Element("presence", ns.CLIENT))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(x.ping)
+                nursery.start_soon(y.ping)
+            got_x, got_y = bodies(x), bodies(y)
+            assert sorted(got_x + got_y) == sorted(texts), f"round {r}: phone gets each message once"
+            assert await a.ctx.storage.offline.count(ALICE) == QUEUED, "laptop has not had them"
+            for client in (x, y, bob):
+                await client.aclose()
+            await a.session_count(ALICE, 0)
+            await b.session_count(ALICE, 0)
+            laptop = await online(b, "laptop")
+            assert bodies(laptop) == texts
+            await offline_now(b, laptop)
+            assert await a.ctx.storage.offline.count(ALICE) == 0

@@ -1,0 +1,427 @@
+"""Three ``meshxmpp serve`` subprocesses started from the command line form a mesh; slixmpp clients spread
+over them see one service (issue 5).
+
+The nodes run as separate processes (tests/interop/_mesh_procs.py): same domain and SQLite file, their own
+ports, ``--mesh-port``/``--node-name``/``--peers`` on the command line, the ``test`` timing profile. The
+clients are slixmpp (asyncio) over real sockets. Every wait has a deadline and says what it waited for:
+stanzas are awaited as events; the nodes' state (another process) is read with bounded polls of
+``GET /api/cluster`` or ``meshxmpp cluster status``. The node that is SIGKILLed is killed in the last test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.interop._mesh_procs import DOMAIN, MeshProcs, started
+from tests.interop.slix import Slix
+
+pytestmark = pytest.mark.timeout(120)
+
+D = DOMAIN
+PW = "pw-secret"
+USERS = ["amy", "ben", "alice", "bob", "carol", "dan", "erin", "eve", "frank", "grace"]
+#: The test profile's bound on failure detection (issue 5): kill -> dead in every survivor's status.
+DETECTION_BOUND = 5.0
+
+
+@pytest.fixture(scope="module")
+def mesh_procs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshProcs]:
+    tmp: Path = tmp_path_factory.mktemp("mesh-procs")
+    t0 = time.monotonic()
+    with started(tmp, [(u, PW) for u in USERS]) as procs:
+        print(f"users created and three nodes converged in {time.monotonic() - t0:.2f} s")
+        yield procs
+
+
+@pytest.fixture
+def procs(mesh_procs: MeshProcs, request: pytest.FixtureRequest) -> Iterator[MeshProcs]:
+    """The running mesh; the nodes' log tails are printed when the test failed."""
+    failed_before = request.session.testsfailed
+    yield mesh_procs
+    if request.session.testsfailed > failed_before:
+        print(mesh_procs.tails(60))
+
+
+# ---------------------------------------------------------------------------------------- asyncio helpers
+
+
+async def poll(check: Callable[[], Any], what: Callable[[], str] | str, *, timeout: float = 15.0,
+               interval: float = 0.02) -> Any:
+    """Bounded poll of ``check`` (run in a thread: it may call a subprocess's HTTP API)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await asyncio.to_thread(check)
+        if result is not None and result is not False:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"after {timeout} s: {what() if callable(what) else what}")
+        await asyncio.sleep(interval)  # bounded poll of another process's state
+
+
+async def until(pred: Callable[[], bool], what: Callable[[], str] | str, timeout: float = 15.0) -> None:
+    """Bounded poll of client-side state (slixmpp's roster has no awaitable change event)."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not pred():  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"after {timeout} s: {what() if callable(what) else what}") from None
+
+
+@asynccontextmanager
+async def clients() -> AsyncIterator[Callable[..., Any]]:
+    """``await login(node, "user/resource", priority=0)``: connected, roster fetched, available; every
+    client still connected at the end is dropped."""
+    made: list[Slix] = []
+
+    async def login(node: Any, jid: str, *, priority: int | None = 0, roster: bool = True,
+                    presence: bool = True) -> Slix:
+        user, resource = jid.split("/")
+        c = Slix(f"{user}@{D}/{resource}", PW)
+        made.append(c)
+        await c.connect(node.c2s_address)
+        if roster:
+            await c.xmpp.get_roster()
+        if presence:
+            c.xmpp.send_presence(ppriority=priority)
+        await c.ping_server()
+        return c
+
+    try:
+        yield login
+    finally:
+        for c in made:
+            if not c.disconnected.is_set():
+                c.abort()
+
+
+def bodies(c: Slix) -> list[str]:
+    return [str(m["body"]) for m in c.drain_messages()]
+
+
+def presences_from(c: Slix, jid: str, type_: str) -> list[Any]:
+    return [p for p in c.presences if str(p["from"]) == jid and p["type"] == type_]
+
+
+async def ready(sender: Slix, receiver: Slix) -> None:
+    """``sender`` sends a marker to ``receiver``'s full JID and it arrives. A node pushes its session
+    table changes before the stanzas forwarded after them, on the same link: once the marker is in, the
+    receiver's node knows the sender's session as of the presence it sent before."""
+    marker = f"ready from {sender.jid}"
+    sender.xmpp.send_message(mto=receiver.jid, mbody=marker, mtype="chat")
+    await receiver.next_message(lambda m: m["body"] == marker)
+
+
+async def befriend(a: Slix, b: Slix) -> None:
+    """``a`` subscribes to ``b``; slixmpp's default auto-authorise/auto-subscribe makes it both ways."""
+    bare_a, bare_b = a.xmpp.boundjid.bare, b.xmpp.boundjid.bare
+    a.xmpp.send_presence(pto=bare_b, ptype="subscribe")
+    for x, other in ((a, bare_b), (b, bare_a)):
+        await until(lambda x=x, other=other: x.xmpp.client_roster[other]["subscription"] == "both",  # type: ignore[misc]
+                    f"{x.jid}'s roster never showed {other} with subscription both")
+
+
+def run(coro: Any) -> None:
+    asyncio.run(coro)
+
+
+# ---------------------------------------------------------------------------------------- 1. the cluster
+
+
+def test_three_cli_nodes_form_one_cluster(procs: MeshProcs) -> None:
+    """Started from the CLI with one shared --peers list: each node is healthy, sees three members alive
+    (itself included, once: it dropped its own address from the peers), under its --node-name."""
+    views = procs.cli_status_all(range(3))
+    for i in range(3):
+        assert procs.http_get(i, "/healthz") == (200, b"ok")
+        view = views[i]
+        assert isinstance(view, dict), view
+        assert view["node"] == f"node{i}"
+        assert view["profile"] == "test"
+        members = {m["name"]: m for m in view["members"]}
+        assert sorted(members) == ["node0", "node1", "node2"]
+        assert {m["state"] for m in members.values()} == {"alive"}
+        for j in range(3):
+            assert members[f"node{j}"]["address"] == f"127.0.0.1:{procs[j].mesh_port}"
+
+
+# ---------------------------------------------------------------------------------------- 2. stanzas
+
+
+def test_full_and_bare_jid_messages_and_iq_across_nodes(procs: MeshProcs) -> None:
+    async def scenario() -> None:
+        async with clients() as login:
+            amy = await login(procs[0], "amy/desk")
+            one = await login(procs[1], "ben/one", priority=5)
+            two = await login(procs[2], "ben/two", priority=1)
+            for b in (one, two):
+                await ready(b, amy)  # node 0 knows both of ben's sessions with their priorities
+
+            # Full JID, node 0 -> node 2: only that resource.
+            amy.xmpp.send_message(mto=f"ben@{D}/two", mbody="to two", mtype="chat")
+            assert (await two.next_message())["body"] == "to two"
+            # Bare JID, node 0 -> top priority (ben/one on node 1), not the lower one on node 2.
+            amy.xmpp.send_message(mto=f"ben@{D}", mbody="to the bare jid", mtype="chat")
+            assert (await one.next_message())["body"] == "to the bare jid"
+            # Answers the other way round, node 1 and node 2 -> node 0.
+            one.xmpp.send_message(mto=amy.jid, mbody="from one", mtype="chat")
+            two.xmpp.send_message(mto=amy.jid, mbody="from two", mtype="chat")
+            got = {str((await amy.next_message())["body"]) for _ in range(2)}
+            assert got == {"from one", "from two"}
+
+            # An iq to a full JID on another node is answered by that client (both ways).
+            rtt = await amy.xmpp.plugin["xep_0199"].ping(jid=f"ben@{D}/two", timeout=10)
+            assert rtt is not None
+            await two.xmpp.plugin["xep_0199"].ping(jid=amy.jid, timeout=10)
+
+            # Nothing else went anywhere.
+            for c in (amy, one, two):
+                await c.ping_server()
+            assert bodies(one) == [] and bodies(two) == [] and bodies(amy) == []
+            for c in (amy, one, two):
+                await c.disconnect()
+
+    run(scenario())
+
+
+def test_roster_subscription_and_presence_across_nodes(procs: MeshProcs) -> None:
+    async def scenario() -> None:
+        async with clients() as login:
+            alice = await login(procs[0], "alice/laptop")
+            bob = await login(procs[1], "bob/desk")
+            carol = await login(procs[2], "carol/phone")
+            bob.xmpp.auto_authorize = None  # bob answers himself
+            bob.xmpp.auto_subscribe = False
+
+            # alice (node 0) asks bob (node 1); bob approves and asks back; alice's client approves.
+            alice.xmpp.send_presence(pto=f"bob@{D}", ptype="subscribe")
+            await bob.wait_presence(lambda p: p["type"] == "subscribe" and p["from"].bare == f"alice@{D}",
+                                    "subscribe from alice")
+            bob.xmpp.send_presence(pto=f"alice@{D}", ptype="subscribed")
+            bob.xmpp.send_presence(pto=f"alice@{D}", ptype="subscribe")
+            for c, other in ((alice, f"bob@{D}"), (bob, f"alice@{D}")):
+                await until(lambda c=c, other=other: c.xmpp.client_roster[other]["subscription"] == "both",  # type: ignore[misc]
+                            f"{c.jid} never saw {other} as both in its roster")
+            # Presence flows both ways across the nodes once subscribed.
+            await alice.wait_presence(lambda p: str(p["from"]) == f"bob@{D}/desk" and p["type"] == "available",
+                                      "bob available")
+            await bob.wait_presence(lambda p: str(p["from"]) == f"alice@{D}/laptop" and p["type"] == "available",
+                                    "alice available")
+            # The stored rosters (a fresh roster get, answered from the shared SQLite file) agree.
+            for c, other in ((alice, f"bob@{D}"), (bob, f"alice@{D}")):
+                result = await c.xmpp.get_roster()
+                items = {str(k): v for k, v in result["roster"]["items"].items()}
+                assert items[other]["subscription"] == "both", items
+
+            # A contact on node 2: alice subscribes to carol (her client approves and asks back).
+            await befriend(alice, carol)
+            await alice.wait_presence(lambda p: str(p["from"]) == f"carol@{D}/phone" and p["type"] == "available",
+                                      "carol available (after the subscription)")
+            carol.xmpp.send_presence(pshow="away", pstatus="in a meeting")
+            away = await alice.wait_presence(lambda p: str(p["from"]) == f"carol@{D}/phone" and p["show"] == "away",
+                                             "carol's away presence from node 2")
+            assert away["status"] == "in a meeting"
+
+            # A clean logout on node 1 reaches node 0 as unavailable.
+            await bob.disconnect()
+            await alice.wait_presence(lambda p: str(p["from"]) == f"bob@{D}/desk" and p["type"] == "unavailable",
+                                      "bob unavailable after logout")
+            for c in (alice, carol):
+                await c.disconnect()
+
+    run(scenario())
+
+
+# ---------------------------------------------------------------------------------------- 4. status table
+
+
+def member_sessions(status: dict[str, Any]) -> dict[str, int]:
+    return {m["name"]: m["sessions"] for m in status["members"]}
+
+
+def test_cluster_status_table(procs: MeshProcs, capsys: pytest.CaptureFixture[str]) -> None:
+    want = {"node0": 1, "node1": 2, "node2": 0}
+
+    async def scenario() -> str:
+        async with clients() as login:
+            dan = await login(procs[0], "dan/desk")
+            erin1 = await login(procs[1], "erin/one")
+            erin2 = await login(procs[1], "erin/two")
+            views: dict[int, Any] = {}
+
+            def counts_everywhere() -> bool:
+                for i in range(3):
+                    views[i] = procs.status(i)
+                return all(member_sessions(v) == want and v["sessions"]["total"] == 3 for v in views.values())
+
+            await poll(counts_everywhere, lambda: f"session counts {want} not seen everywhere: {views}")
+            table = await asyncio.to_thread(procs.cli_status, 2, as_json=False)
+            for c in (dan, erin1, erin2):
+                await c.disconnect()
+            assert table.returncode == 0, table.stderr
+            return table.stdout
+
+    out = asyncio.run(scenario())
+    with capsys.disabled():
+        print("\n$ meshxmpp cluster status --config node2.toml\n" + out)
+    lines = out.splitlines()
+    assert lines[0].startswith("node node2  epoch ")
+    assert "profile test" in lines[0]
+    assert lines[1].startswith("sessions: 0 local, 3 in the cluster")
+    header = lines[3].split()
+    assert header == ["NAME", "ADDRESS", "STATE", "INCARNATION", "SESSIONS"]
+    rows = {r.split()[0]: r.split() for r in lines[4:]}
+    assert sorted(rows) == ["node0", "node1", "node2"]
+    for name, row in rows.items():
+        i = int(name[-1])
+        assert row[1] == f"127.0.0.1:{procs[i].mesh_port}"
+        assert row[2] == "alive"
+        assert int(row[4]) == want[name]
+
+
+# ---------------------------------------------------------------------------------------- 3. SIGKILL
+
+
+def test_sigkill_a_node_detection_unavailable_once_and_no_lost_messages(
+        procs: MeshProcs, capsys: pytest.CaptureFixture[str]) -> None:
+    """eve has two resources on node 2, which is SIGKILLed while frank (node 0) and grace (node 1), her
+    contacts, keep sending to her bare JID. Every survivor reports node 2 dead within the bound, its
+    sessions leave the tables, each contact gets one unavailable per lost resource, and every accepted
+    message reaches eve when she logs in again on a survivor."""
+    victim, survivors = 2, (0, 1)
+    lost = [f"eve@{D}/a", f"eve@{D}/b"]
+    report: list[str] = []
+
+    async def scenario() -> None:
+        async with clients() as login:
+            frank = await login(procs[0], "frank/desk")
+            grace = await login(procs[1], "grace/desk")
+            eve_a = await login(procs[victim], "eve/a")
+            eve_b = await login(procs[victim], "eve/b")
+            await befriend(frank, eve_a)
+            await befriend(grace, eve_a)
+            for contact in (frank, grace):
+                for jid in lost:
+                    await contact.wait_presence(lambda p, jid=jid: str(p["from"]) == jid and p["type"] == "available",
+                                                f"{jid} available")
+                for eve in (eve_a, eve_b):
+                    await ready(eve, contact)  # the contact's node knows both of eve's sessions, available
+            views: dict[int, Any] = {}
+
+            def four_sessions() -> bool:
+                for i in range(3):
+                    views[i] = procs.status(i)
+                return all(v["sessions"]["total"] == 4 and member_sessions(v)["node2"] == 2
+                           for v in views.values())
+
+            await poll(four_sessions, lambda: f"4 sessions (2 on node2) not seen everywhere: {views}")
+
+            # ---- the kill
+            t_kill = procs.kill(victim)
+            eve_a.abort()
+            eve_b.abort()
+            dead_at: dict[int, float] = {}
+            purged_at: dict[int, float] = {}
+            last: dict[int, Any] = {}
+
+            async def watch(i: int) -> None:
+                deadline = t_kill + 15.0
+                while i not in dead_at or i not in purged_at:
+                    status = await asyncio.to_thread(procs.status, i)
+                    now = time.monotonic()
+                    last[i] = status
+                    state = {m["name"]: m for m in status["members"]}[f"node{victim}"]
+                    if i not in dead_at and state["state"] in ("dead", "left"):
+                        dead_at[i] = now - t_kill
+                        assert state["state"] == "dead", f"node{i} says node{victim} is {state['state']}"
+                    if i not in purged_at and status["sessions"]["total"] == 2 and state["sessions"] == 0:
+                        purged_at[i] = now - t_kill
+                    assert now < deadline, f"node{i} after 15 s: {status}"
+                    await asyncio.sleep(0.01)  # bounded poll of another process's status
+
+            accepted: list[str] = []
+
+            async def send(c: Slix, who: str) -> None:
+                k = 0
+                extra = 0
+                while extra < 3:  # keep sending until both survivors noticed, then 3 more
+                    body = f"after the kill: {who} #{k}"
+                    c.xmpp.send_message(mto=f"eve@{D}", mbody=body, mtype="chat")
+                    await c.ping_server()  # the round trip orders it after the message: accepted
+                    accepted.append(body)
+                    k += 1
+                    if len(dead_at) == len(survivors) and len(purged_at) == len(survivors):
+                        extra += 1
+                    await asyncio.sleep(0.05)  # pacing (about 20 messages a second), not a wait
+
+            await asyncio.gather(watch(0), watch(1), send(frank, "frank"), send(grace, "grace"))
+            report.append("detection (kill -> dead in cluster status): "
+                          + ", ".join(f"node{i} {dead_at[i]:.3f} s" for i in survivors))
+            report.append("sessions purged (sessions.total 4 -> 2): "
+                          + ", ".join(f"node{i} {purged_at[i]:.3f} s" for i in survivors))
+            report.append(f"messages accepted after the kill: {len(accepted)}")
+            for i in survivors:
+                assert dead_at[i] < DETECTION_BOUND, f"node{i} took {dead_at[i]:.3f} s to see node{victim} dead"
+                assert last[i]["sessions"]["total"] == 2
+
+            # ---- exactly one unavailable per lost resource at each contact
+            for contact in (frank, grace):
+                for jid in lost:
+                    await contact.wait_presence(lambda p, jid=jid: str(p["from"]) == jid and p["type"] == "unavailable",
+                                                f"{jid} unavailable after the kill")
+            # Both survivors detected the death already (the event another announcement would follow);
+            # give a duplicate a bounded moment to show up, and make a round trip across the mesh.
+            await grace.xmpp.plugin["xep_0199"].ping(jid=frank.jid, timeout=10)
+            await frank.xmpp.plugin["xep_0199"].ping(jid=grace.jid, timeout=10)
+            for contact in (frank, grace):
+                for jid in lost:
+                    try:
+                        await asyncio.wait_for(contact.wait_presence(
+                            lambda p, jid=jid: len(presences_from(contact, jid, "unavailable")) > 1, "dup"), 0.5)
+                    except (TimeoutError, AssertionError):
+                        pass
+                    n = len(presences_from(contact, jid, "unavailable"))
+                    assert n == 1, f"{contact.jid} got {n} unavailable presences from {jid}"
+            report.append("unavailable presences per lost resource: "
+                          + ", ".join(f"{c.xmpp.boundjid.user}: " + "/".join(
+                              str(len(presences_from(c, j, "unavailable"))) for j in lost) for c in (frank, grace)))
+
+            # ---- every accepted message reaches eve, once, when she comes back on a survivor
+            back = await login(procs[1], "eve/back")
+            got: list[str] = []
+            want = set(accepted)
+            try:
+                async with asyncio.timeout(15):
+                    while not want <= set(got):
+                        got.append(str((await back.messages.get())["body"]))
+            except TimeoutError:
+                raise AssertionError(f"missing after the kill: {sorted(want - set(got))}; got {got}") from None
+            await back.ping_server()
+            got += bodies(back)
+            for who in ("frank", "grace"):
+                seq = [int(b.rsplit("#", 1)[1]) for b in dict.fromkeys(got) if f" {who} #" in b]
+                report.append(f"{who}'s messages in the order eve/back got them (first copies): {seq}")
+            dupes = sorted({b for b in got if got.count(b) > 1})
+            assert not dupes, f"delivered more than once: {dupes}"
+            report.append(f"messages delivered to eve/back on node1: {len(got)} (all accepted, none twice)")
+
+            table = await asyncio.to_thread(procs.cli_status, 0, as_json=False)
+            assert table.returncode == 0, table.stderr
+            rows = {r.split()[0]: r.split() for r in table.stdout.splitlines()[4:]}
+            assert rows["node2"][2] == "dead" and rows["node2"][4] == "0", table.stdout
+            report.append("$ meshxmpp cluster status --config node0.toml  (after the kill)\n" + table.stdout)
+            for c in (frank, grace, back):
+                await c.disconnect()
+
+    try:
+        run(scenario())
+    finally:
+        with capsys.disabled():
+            print("\n" + "\n".join(report))
