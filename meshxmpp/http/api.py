@@ -173,7 +173,7 @@ async def explain(ctx: NodeContext, request: Request) -> Response:
     sender = _jid(from_text, "from") if from_text else None
     exists = await ctx.storage.accounts.exists(str(to.bare))
     # Read after the await, as the router does: the sessions as they are now.
-    sessions = ctx.sessions.of(to.bare)
+    sessions = ctx.router.sessions_of(to.bare)
     return json_response(explain_report(to, type_, sender, sessions, ctx.router.policy_config,
                                         account_exists=exists))
 

@@ -35,6 +35,7 @@ from meshxmpp.mesh.directory import Directory
 from meshxmpp.mesh.forward import Forwarder
 from meshxmpp.mesh.membership import (
     ALIVE,
+    SUSPECT,
     Member,
     MemberAlive,
     MemberDead,
@@ -198,7 +199,9 @@ class MeshCore:
         """Send ``stanza`` to ``target``'s session on ``node``. False: not possible now (unknown or dead
         node, backlog full, too big); the caller routes it as if the session were gone."""
         member = self.membership.member(node)
-        if member is None or member.state != ALIVE or node == self.name or hops >= MAX_HOPS:
+        # A suspect member may well be alive: forward anyway. If it is declared dead, what it has not
+        # acked comes back as Reroute events (in order), so nothing is decided twice meanwhile.
+        if member is None or member.state not in (ALIVE, SUSPECT) or node == self.name or hops >= MAX_HOPS:
             return False
         if len(stanza) > self.max_stanza:
             return False
@@ -310,11 +313,17 @@ class MeshCore:
             member = event.member
             self._events.append(MemberChanged(member, member.state))
             records = tuple(self.directory.purge(member.name))
+            shared_seen: set[bytes] = set()
             for data in self.forwarder.on_peer_dead(member.name):
                 try:
                     target, hops, stanza, shared = decode_stanza(data)
                 except (ValueError, UnicodeDecodeError):
                     continue
+                if shared:
+                    # One decision's copies for several sessions on that node: route it again once.
+                    if stanza in shared_seen:
+                        continue
+                    shared_seen.add(stanza)
                 self._events.append(Reroute(target, hops, stanza, shared))
             live = sorted(m.name for m in self.membership.alive() if m.name != member.name)
             announce = bool(live) and live[0] == self.name

@@ -50,8 +50,9 @@ from meshxmpp.mesh.transport import ConnectionClosed, MeshTransport
 from meshxmpp.mesh.wire import Kind
 from meshxmpp.xml import ns
 from meshxmpp.xml.errors import StreamError
-from meshxmpp.xml.serialize import to_bytes, to_str
-from meshxmpp.xml.stream import parse_element
+from meshxmpp.xml.events import StanzaReceived
+from meshxmpp.xml.serialize import stream_header, to_bytes, to_str
+from meshxmpp.xml.stream import XmlStream
 
 if TYPE_CHECKING:
     from meshxmpp.c2s.session import Session
@@ -97,6 +98,10 @@ class MeshService:
         #: Fault injection for tests (meshxmpp.testing.cluster partitions): frames from these peers are
         #: dropped on arrival. Empty in production.
         self.blocked: set[str] = set()
+        # One parser per peer, fed one stanza at a time (a fresh parser per stanza cost more than
+        # the rest of a forwarded stanza's handling), and recently re-routed shared stanzas.
+        self._parsers: dict[str, XmlStream] = {}
+        self._rerouted: dict[bytes, None] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -337,7 +342,7 @@ class MeshService:
             if isinstance(event, Inbound):
                 self._inbound(event)
             elif isinstance(event, Reroute):
-                el = self._parse(event.stanza)
+                el = self._parse(event.stanza, "")
                 if el is not None:
                     self._queue("reroute", event.hops, el, event)
             elif isinstance(event, SessionsLost):
@@ -355,16 +360,29 @@ class MeshService:
                 m = event.member
                 log.info("mesh %s: member %s (%s:%d) is %s", self.name, m.name, m.addr[0], m.addr[1], event.state)
 
-    def _parse(self, data: bytes) -> Element | None:
+    def _parse(self, data: bytes, peer: str) -> Element | None:
+        """One forwarded stanza, with the protections of a client stream (size, depth, no DTD)."""
+        parser = self._parsers.get(peer)
+        if parser is None:
+            c2s = self.ctx.config.c2s
+            parser = XmlStream(max_stanza_size=c2s.max_stanza_size + 65536, max_depth=c2s.max_depth,
+                               allowed_ns=frozenset({ns.CLIENT}))
+            parser.feed(stream_header(from_=None, to=None, id=None))
+            self._parsers[peer] = parser
         try:
-            return parse_element(data, max_size=self.ctx.config.c2s.max_stanza_size + 65536)
+            events = parser.feed(data)
+            if len(events) == 1 and isinstance(events[0], StanzaReceived) and not parser.error_pending:
+                return events[0].element
+            error = "not exactly one stanza"
         except StreamError as e:
-            log.warning("mesh: dropping an unreadable forwarded stanza (%s)", e.condition)
-            return None
+            error = e.condition
+        del self._parsers[peer]  # start clean for the next one
+        log.warning("mesh: dropping an unreadable forwarded stanza from %s (%s)", peer or "ourselves", error)
+        return None
 
     def _inbound(self, event: Inbound) -> None:
         assert self.core is not None
-        el = self._parse(event.stanza)
+        el = self._parse(event.stanza, event.peer)
         if el is None:
             self.core.acknowledge(event.peer, event.token)
             return
@@ -407,8 +425,16 @@ class MeshService:
             return
         if el.name == "message" and any(c.ns == _CARBON_NS for c in el.children if not isinstance(c, str)):
             return  # a carbon copy for a session that is gone: its own copy went elsewhere
-        if shared and jid is not None and self.ctx.router.available_of(jid.bare):
-            return  # the user's other sessions had their copies by the same decision: no duplicate
+        if shared:
+            if jid is not None and self.ctx.router.available_of(jid.bare):
+                return  # the user's other sessions had their copies by the same decision: no duplicate
+            # Several copies of one decision (one per session that is gone) lead to one re-route.
+            key = to_bytes(el)
+            if key in self._rerouted:
+                return
+            self._rerouted[key] = None
+            if len(self._rerouted) > 1024:
+                del self._rerouted[next(iter(self._rerouted))]
         token = _HOPS.set(hops)
         try:
             result = self.ctx.router.route(el, None)

@@ -117,7 +117,8 @@ class Cluster:
     # ------------------------------------------------------------------ faults
 
     def partition(self, *groups: Iterable[int]) -> None:
-        """Drop every frame between nodes of different groups (both ways) until `heal`."""
+        """Drop every frame between two nodes that share no group (both ways) until `heal`; a node in
+        no group talks to everyone. Groups may overlap: ``partition({0, 1}, {1, 2})`` cuts 0 from 2."""
         self._groups = [set(g) for g in groups]
         self._apply_partition()
 
@@ -128,11 +129,10 @@ class Cluster:
 
     def _apply_partition(self) -> None:
         assert self._groups is not None
-        group_of = {i: n for n, g in enumerate(self._groups) for i in g}
+        member_of = {i: {n for n, g in enumerate(self._groups) if i in g} for i in range(len(self.nodes))}
         for i in self.live():
-            blocked = {f"node{j}" for j in range(len(self.nodes))
-                       if j != i and group_of.get(j, -1) != group_of.get(i, -2)}
-            self[i].node.mesh.blocked = blocked
+            self[i].node.mesh.blocked = {f"node{j}" for j in range(len(self.nodes)) if j != i
+                                         and member_of[i] and member_of[j] and not member_of[i] & member_of[j]}
 
     # ------------------------------------------------------------------ helpers
 

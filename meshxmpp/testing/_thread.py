@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from meshxmpp.testing._cluster import Cluster, cluster
 from meshxmpp.testing._node import RunningNode, node
 
 T = TypeVar("T")
@@ -41,18 +42,62 @@ class ThreadNode:
         return self.call(self.running.add_user, local, password)
 
 
+class ThreadCluster:
+    """A `Cluster` running in its own thread with its own Trio loop; methods are blocking."""
+
+    def __init__(self, running: Cluster, token: trio.lowlevel.TrioToken) -> None:
+        self.running = running
+        self._token = token
+
+    @property
+    def domain(self) -> str:
+        return self.running.domain
+
+    def c2s_address(self, i: int) -> tuple[str, int]:
+        return self.running[i].c2s_address
+
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kw: Any) -> T:
+        """Run ``await fn(*args, **kw)`` inside the cluster's loop and return its result."""
+        async def run() -> T:
+            return await fn(*args, **kw)
+
+        return trio.from_thread.run(run, trio_token=self._token)
+
+    def call_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
+
+    def add_user(self, local: str, password: str = "secret") -> tuple[str, str]:
+        return self.call(self.running.add_user, local, password)
+
+
 @contextmanager
 def run_in_thread(overrides: dict[str, Any] | None = None, *, timeout: float = 30.0,
                   **top_level: Any) -> Iterator[ThreadNode]:
-    started: queue.Queue[ThreadNode | BaseException] = queue.Queue()
+    """Start a node (as `node`) in a background thread; yields a blocking `ThreadNode`."""
+    with _in_thread(lambda: node(overrides, **top_level), ThreadNode, timeout) as n:
+        yield n
+
+
+@contextmanager
+def run_cluster_in_thread(n: int = 3, overrides: dict[str, Any] | None = None, *, timeout: float = 60.0,
+                          **top_level: Any) -> Iterator[ThreadCluster]:
+    """Start a cluster (as `cluster`) in a background thread; yields a blocking `ThreadCluster`."""
+    with _in_thread(lambda: cluster(n, overrides, **top_level), ThreadCluster, timeout) as c:
+        yield c
+
+
+@contextmanager
+def _in_thread(open_: Callable[[], Any], wrap: Callable[[Any, trio.lowlevel.TrioToken], T],
+               timeout: float) -> Iterator[T]:
+    started: queue.Queue[Any] = queue.Queue()
     stop_holder: list[trio.Event] = []
 
     async def main() -> None:
         stop = trio.Event()
         stop_holder.append(stop)
         try:
-            async with node(overrides, **top_level) as running:
-                started.put(ThreadNode(running, trio.lowlevel.current_trio_token()))
+            async with open_() as running:
+                started.put(wrap(running, trio.lowlevel.current_trio_token()))
                 await stop.wait()
         except BaseException as exc:  # hand any startup failure to the waiting thread
             started.put(exc)

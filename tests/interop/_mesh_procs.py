@@ -86,6 +86,8 @@ class MeshProcs:
     tmp: Path
     n: int = 3
     nodes: list[NodeProc] = field(default_factory=list)
+    #: seconds: users created, every node healthy and converged (from the start of the processes)
+    timings: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         ports = free_ports(3 * self.n)
@@ -254,7 +256,10 @@ def started(tmp: Path, users: Sequence[tuple[str, str]], *, timeout: float = 30.
     """Users created, three nodes serving and seeing each other alive; every process killed at exit."""
     procs = MeshProcs(tmp)
     try:
+        t0 = time.monotonic()
         procs.add_users(users)
+        procs.timings["adduser"] = time.monotonic() - t0
+        t0 = time.monotonic()
         procs.start()
 
         def all_healthy() -> bool:
@@ -263,17 +268,28 @@ def started(tmp: Path, users: Sequence[tuple[str, str]], *, timeout: float = 30.
 
         wait_until(all_healthy, lambda: "GET /healthz not answered by every node\n" + procs.tails(),
                    timeout=timeout, interval=0.05)
+        procs.timings["healthy"] = time.monotonic() - t0
         views: dict[int, dict[str, Any] | str] = {}
         want = {n.name: "alive" for n in procs.nodes}
 
-        def converged() -> bool:
+        def same(view: dict[str, Any] | str) -> bool:
+            return isinstance(view, dict) and {m["name"]: m["state"] for m in view["members"]} == want
+
+        def converged_http() -> bool:
+            procs.check_running()
+            views.update({n.index: procs.status(n.index) for n in procs.nodes})
+            return all(same(v) for v in views.values())
+
+        def converged_cli() -> bool:
             procs.check_running()
             views.update(procs.cli_status_all(range(procs.n)))
-            return all(isinstance(v, dict) and {m["name"]: m["state"] for m in v["members"]} == want
-                       for v in views.values())
+            return all(same(v) for v in views.values())
 
-        wait_until(converged, lambda: f"cluster status never showed {want} on every node: {views}\n"
-                   + procs.tails(), timeout=timeout, interval=0.05)
+        # The cheap HTTP poll first, then what `meshxmpp cluster status --json` says on every node.
+        for check in (converged_http, converged_cli):
+            wait_until(check, lambda: f"cluster status never showed {want} on every node: {views}\n"
+                       + procs.tails(), timeout=timeout, interval=0.05)
+        procs.timings["converged"] = time.monotonic() - t0
         yield procs
     finally:
         procs.close()

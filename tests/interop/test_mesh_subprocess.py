@@ -5,12 +5,14 @@ The nodes run as separate processes (tests/interop/_mesh_procs.py): same domain 
 ports, ``--mesh-port``/``--node-name``/``--peers`` on the command line, the ``test`` timing profile. The
 clients are slixmpp (asyncio) over real sockets. Every wait has a deadline and says what it waited for:
 stanzas are awaited as events; the nodes' state (another process) is read with bounded polls of
-``GET /api/cluster`` or ``meshxmpp cluster status``. The node that is SIGKILLed is killed in the last test.
+``GET /api/cluster`` or ``meshxmpp cluster status``. Node 2 is SIGKILLed in the kill test; only the explain test, which
+needs nodes 0 and 1 only, runs after it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -26,7 +28,7 @@ pytestmark = pytest.mark.timeout(120)
 
 D = DOMAIN
 PW = "pw-secret"
-USERS = ["amy", "ben", "alice", "bob", "carol", "dan", "erin", "eve", "frank", "grace"]
+USERS = ["amy", "ben", "alice", "bob", "carol", "eve", "frank", "grace"]
 #: The test profile's bound on failure detection (issue 5): kill -> dead in every survivor's status.
 DETECTION_BOUND = 5.0
 
@@ -36,7 +38,8 @@ def mesh_procs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshProcs]:
     tmp: Path = tmp_path_factory.mktemp("mesh-procs")
     t0 = time.monotonic()
     with started(tmp, [(u, PW) for u in USERS]) as procs:
-        print(f"users created and three nodes converged in {time.monotonic() - t0:.2f} s")
+        print(f"users created and three nodes converged in {time.monotonic() - t0:.2f} s: "
+              + ", ".join(f"{k} {v:.2f} s" for k, v in procs.timings.items()))
         yield procs
 
 
@@ -52,27 +55,27 @@ def procs(mesh_procs: MeshProcs, request: pytest.FixtureRequest) -> Iterator[Mes
 # ---------------------------------------------------------------------------------------- asyncio helpers
 
 
-async def poll(check: Callable[[], Any], what: Callable[[], str] | str, *, timeout: float = 15.0,
+async def poll(check: Callable[[], Any], what: Callable[[], str] | str, *, within: float = 15.0,
                interval: float = 0.02) -> Any:
     """Bounded poll of ``check`` (run in a thread: it may call a subprocess's HTTP API)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         result = await asyncio.to_thread(check)
         if result is not None and result is not False:
             return result
         if time.monotonic() >= deadline:
-            raise AssertionError(f"after {timeout} s: {what() if callable(what) else what}")
+            raise AssertionError(f"after {within} s: {what() if callable(what) else what}")
         await asyncio.sleep(interval)  # bounded poll of another process's state
 
 
-async def until(pred: Callable[[], bool], what: Callable[[], str] | str, timeout: float = 15.0) -> None:
+async def until(pred: Callable[[], bool], what: Callable[[], str] | str, within: float = 15.0) -> None:
     """Bounded poll of client-side state (slixmpp's roster has no awaitable change event)."""
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             while not pred():  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
     except TimeoutError:
-        raise AssertionError(f"after {timeout} s: {what() if callable(what) else what}") from None
+        raise AssertionError(f"after {within} s: {what() if callable(what) else what}") from None
 
 
 @asynccontextmanager
@@ -251,9 +254,9 @@ def test_cluster_status_table(procs: MeshProcs, capsys: pytest.CaptureFixture[st
 
     async def scenario() -> str:
         async with clients() as login:
-            dan = await login(procs[0], "dan/desk")
-            erin1 = await login(procs[1], "erin/one")
-            erin2 = await login(procs[1], "erin/two")
+            amy = await login(procs[0], "amy/desk")
+            ben1 = await login(procs[1], "ben/one")
+            ben2 = await login(procs[1], "ben/two")
             views: dict[int, Any] = {}
 
             def counts_everywhere() -> bool:
@@ -263,7 +266,7 @@ def test_cluster_status_table(procs: MeshProcs, capsys: pytest.CaptureFixture[st
 
             await poll(counts_everywhere, lambda: f"session counts {want} not seen everywhere: {views}")
             table = await asyncio.to_thread(procs.cli_status, 2, as_json=False)
-            for c in (dan, erin1, erin2):
+            for c in (amy, ben1, ben2):
                 await c.disconnect()
             assert table.returncode == 0, table.stderr
             return table.stdout
@@ -299,6 +302,9 @@ def test_sigkill_a_node_detection_unavailable_once_and_no_lost_messages(
     lost = [f"eve@{D}/a", f"eve@{D}/b"]
     report: list[str] = []
 
+    #: body -> what the sender's node thought of node 2 when it accepted the message
+    phase: dict[str, str] = {}
+
     async def scenario() -> None:
         async with clients() as login:
             frank = await login(procs[0], "frank/desk")
@@ -327,6 +333,7 @@ def test_sigkill_a_node_detection_unavailable_once_and_no_lost_messages(
             t_kill = procs.kill(victim)
             eve_a.abort()
             eve_b.abort()
+            suspect_at: dict[int, float] = {}
             dead_at: dict[int, float] = {}
             purged_at: dict[int, float] = {}
             last: dict[int, Any] = {}
@@ -338,6 +345,8 @@ def test_sigkill_a_node_detection_unavailable_once_and_no_lost_messages(
                     now = time.monotonic()
                     last[i] = status
                     state = {m["name"]: m for m in status["members"]}[f"node{victim}"]
+                    if i not in suspect_at and state["state"] != "alive":
+                        suspect_at[i] = now - t_kill
                     if i not in dead_at and state["state"] in ("dead", "left"):
                         dead_at[i] = now - t_kill
                         assert state["state"] == "dead", f"node{i} says node{victim} is {state['state']}"
@@ -348,7 +357,7 @@ def test_sigkill_a_node_detection_unavailable_once_and_no_lost_messages(
 
             accepted: list[str] = []
 
-            async def send(c: Slix, who: str) -> None:
+            async def send(c: Slix, who: str, node: int) -> None:
                 k = 0
                 extra = 0
                 while extra < 3:  # keep sending until both survivors noticed, then 3 more
@@ -356,17 +365,23 @@ def test_sigkill_a_node_detection_unavailable_once_and_no_lost_messages(
                     c.xmpp.send_message(mto=f"eve@{D}", mbody=body, mtype="chat")
                     await c.ping_server()  # the round trip orders it after the message: accepted
                     accepted.append(body)
+                    phase[body] = ("dead" if node in dead_at else "suspect" if node in suspect_at
+                                   else "alive")
                     k += 1
                     if len(dead_at) == len(survivors) and len(purged_at) == len(survivors):
                         extra += 1
                     await asyncio.sleep(0.05)  # pacing (about 20 messages a second), not a wait
 
-            await asyncio.gather(watch(0), watch(1), send(frank, "frank"), send(grace, "grace"))
+            await asyncio.gather(watch(0), watch(1), send(frank, "frank", 0), send(grace, "grace", 1))
             report.append("detection (kill -> dead in cluster status): "
                           + ", ".join(f"node{i} {dead_at[i]:.3f} s" for i in survivors))
             report.append("sessions purged (sessions.total 4 -> 2): "
                           + ", ".join(f"node{i} {purged_at[i]:.3f} s" for i in survivors))
-            report.append(f"messages accepted after the kill: {len(accepted)}")
+            report.append("first seen not alive (suspect): "
+                          + ", ".join(f"node{i} {suspect_at[i]:.3f} s" for i in survivors))
+            report.append(f"messages accepted after the kill: {len(accepted)}; by what the sender's node "
+                          f"thought of node{victim} then: "
+                          + str({p: list(phase.values()).count(p) for p in ("alive", "suspect", "dead")}))
             for i in survivors:
                 assert dead_at[i] < DETECTION_BOUND, f"node{i} took {dead_at[i]:.3f} s to see node{victim} dead"
                 assert last[i]["sessions"]["total"] == 2
@@ -384,7 +399,7 @@ def test_sigkill_a_node_detection_unavailable_once_and_no_lost_messages(
                 for jid in lost:
                     try:
                         await asyncio.wait_for(contact.wait_presence(
-                            lambda p, jid=jid: len(presences_from(contact, jid, "unavailable")) > 1, "dup"), 0.5)
+                            lambda p, c=contact, jid=jid: len(presences_from(c, jid, "unavailable")) > 1, "dup"), 0.5)
                     except (TimeoutError, AssertionError):
                         pass
                     n = len(presences_from(contact, jid, "unavailable"))
@@ -393,7 +408,15 @@ def test_sigkill_a_node_detection_unavailable_once_and_no_lost_messages(
                           + ", ".join(f"{c.xmpp.boundjid.user}: " + "/".join(
                               str(len(presences_from(c, j, "unavailable"))) for j in lost) for c in (frank, grace)))
 
-            # ---- every accepted message reaches eve, once, when she comes back on a survivor
+            # ---- what `meshxmpp cluster status` shows on a survivor now
+            table = await asyncio.to_thread(procs.cli_status, 0, as_json=False)
+            assert table.returncode == 0, table.stderr
+            report.append("$ meshxmpp cluster status --config node0.toml  (after the kill)\n" + table.stdout)
+            rows = {r.split()[0]: r.split() for r in table.stdout.splitlines()[4:]}
+            assert rows[f"node{victim}"][2] == "dead" and rows[f"node{victim}"][4] == "0", table.stdout
+            assert table.stdout.splitlines()[1].startswith("sessions: 1 local, 2 in the cluster"), table.stdout
+
+            # ---- every accepted message reaches eve, once and in order, when she comes back on a survivor
             back = await login(procs[1], "eve/back")
             got: list[str] = []
             want = set(accepted)
@@ -405,23 +428,58 @@ def test_sigkill_a_node_detection_unavailable_once_and_no_lost_messages(
                 raise AssertionError(f"missing after the kill: {sorted(want - set(got))}; got {got}") from None
             await back.ping_server()
             got += bodies(back)
-            for who in ("frank", "grace"):
-                seq = [int(b.rsplit("#", 1)[1]) for b in dict.fromkeys(got) if f" {who} #" in b]
-                report.append(f"{who}'s messages in the order eve/back got them (first copies): {seq}")
-            dupes = sorted({b for b in got if got.count(b) > 1})
-            assert not dupes, f"delivered more than once: {dupes}"
-            report.append(f"messages delivered to eve/back on node1: {len(got)} (all accepted, none twice)")
-
-            table = await asyncio.to_thread(procs.cli_status, 0, as_json=False)
-            assert table.returncode == 0, table.stderr
-            rows = {r.split()[0]: r.split() for r in table.stdout.splitlines()[4:]}
-            assert rows["node2"][2] == "dead" and rows["node2"][4] == "0", table.stdout
-            report.append("$ meshxmpp cluster status --config node0.toml  (after the kill)\n" + table.stdout)
             for c in (frank, grace, back):
                 await c.disconnect()
+
+        problems = []
+        dupes = sorted({b for b in got if got.count(b) > 1}, key=lambda b: (b.split()[3], int(b.rsplit("#")[1])))
+        by_phase = {p: sum(1 for b in dupes if phase.get(b) == p) for p in ("alive", "suspect", "dead")}
+        report.append(f"messages delivered to eve/back: {len(got)}, {len(set(got))} distinct, duplicated: "
+                      f"{len(dupes)}; duplicated by what the sender's node thought of node{victim} when it "
+                      f"accepted them (alive = in flight when it died): {by_phase}")
+        if dupes:
+            problems.append(f"{len(dupes)} of {len(set(got))} messages delivered more than once "
+                            f"(by phase {by_phase}): {dupes}")
+        for who in ("frank", "grace"):
+            seq = [int(b.rsplit("#", 1)[1]) for b in dict.fromkeys(got) if f" {who} #" in b]
+            # Order is not promised across a node's death (docs/mesh.md): what was in flight to the
+            # dead node is stored when it is declared dead, after messages accepted in between may
+            # have been stored already. Recorded, not asserted.
+            report.append(f"{who}'s messages in the order eve/back got them (first copies): {seq}")
+        assert not problems, "\n".join(problems)
 
     try:
         run(scenario())
     finally:
         with capsys.disabled():
             print("\n" + "\n".join(report))
+
+
+# ---------------------------------------------------------------------------------------- explain
+
+
+def test_explain_on_one_node_sees_the_sessions_on_the_others(procs: MeshProcs) -> None:
+    """``meshxmpp explain`` asks node 0 what it would do with a message to ben, whose sessions are on
+    node 1: the router forwards it to ben/one (priority 5), so explain should say so. (Runs after the
+    kill test: it uses the surviving nodes 0 and 1 only.)"""
+    async def scenario() -> tuple[dict[str, Any], str]:
+        async with clients() as login:
+            amy = await login(procs[0], "amy/desk")
+            one = await login(procs[1], "ben/one", priority=5)
+            two = await login(procs[1], "ben/two", priority=1)
+            for b in (one, two):
+                await ready(b, amy)
+            amy.xmpp.send_message(mto=f"ben@{D}", mbody="routed by node 0", mtype="chat")
+            assert (await one.next_message())["body"] == "routed by node 0"  # what the router does
+            code, body = await asyncio.to_thread(procs.http_get, 0, f"/api/explain?to=ben@{D}")
+            assert code == 200, body
+            text = await asyncio.to_thread(procs.cli, "explain", "--config", str(procs[0].config),
+                                           "--to", f"ben@{D}")
+            for c in (amy, one, two):
+                await c.disconnect()
+            return json.loads(body), text.stdout + text.stderr
+
+    report, text = asyncio.run(scenario())
+    print(text)
+    assert sorted(s["jid"] for s in report["sessions"]) == [f"ben@{D}/one", f"ben@{D}/two"], (report, text)
+    assert report["actions"] == [{"action": "deliver", "jid": f"ben@{D}/one"}], (report, text)
