@@ -208,10 +208,21 @@ class Presence:
         return True
 
 
-async def announce_lost(ctx: NodeContext, jid: JID) -> None:
-    """The node that held ``jid``'s available session died: tell its subscribers and the user's other
-    resources that it is unavailable (one survivor calls this, see mesh.core.SessionsLost)."""
-    out = presence("unavailable", str(jid), None)
+async def announce_lost(ctx: NodeContext, record: Any) -> None:
+    """The node that held ``record``'s available session is gone: tell its subscribers and the user's
+    other resources that it is unavailable (one survivor calls this, see mesh.core.SessionsLost)."""
+    await _announce(ctx, record.jid, presence("unavailable", str(record.jid), None))
+
+
+async def announce_back(ctx: NodeContext, record: Any) -> None:
+    """A session given up for lost (its node was wrongly declared dead, or cut off by a partition) is
+    back: the survivor that announced it unavailable sends its last presence again."""
+    shown = last_presence(record)
+    if shown is not None:
+        await _announce(ctx, record.jid, readdress(shown, from_=str(record.jid)))
+
+
+async def _announce(ctx: NodeContext, jid: JID, out: Element) -> None:
     user = jid.bare
     items = await ctx.storage.rosters.items(str(user))
     for contact in subscribers(items):

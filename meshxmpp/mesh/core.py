@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from meshxmpp.jid import JID
 from meshxmpp.mesh._directory_codec import decode_delta, decode_digest, encode_delta, encode_digest
-from meshxmpp.mesh._records import Conflict, Digest, SessionRecord, Update
+from meshxmpp.mesh._records import Added, Conflict, Digest, Removed, SessionRecord, Update
 from meshxmpp.mesh.directory import Directory
 from meshxmpp.mesh.forward import Forwarder
 from meshxmpp.mesh.membership import (
@@ -48,7 +48,8 @@ from meshxmpp.mesh.membership import (
 from meshxmpp.mesh.wire import DEFAULT_MAX_FRAME, Kind
 
 __all__ = [
-    "ConflictLost", "Inbound", "Joined", "MemberChanged", "MeshCore", "MeshEvent", "Reroute", "SessionsLost",
+    "ConflictLost", "Inbound", "Joined", "MemberChanged", "MeshCore", "MeshEvent", "Reroute", "SessionsBack",
+    "SessionsLost",
     "decode_stanza", "encode_stanza",
 ]
 
@@ -112,6 +113,17 @@ class ConflictLost:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionsBack:
+    """Sessions of ``node`` that this node had given up for lost (the node was declared dead, then
+    came back: a false death or a healed partition) are in the table again. ``announce``: this node
+    announced them unavailable then (`SessionsLost.announce`), so it now sends their presence again."""
+
+    node: str
+    records: tuple[SessionRecord, ...]
+    announce: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Joined:
     """The first complete answer from a member arrived: the directory holds the cluster's sessions."""
 
@@ -124,7 +136,7 @@ class MemberChanged:
     state: str
 
 
-MeshEvent = Inbound | Reroute | SessionsLost | ConflictLost | Joined | MemberChanged
+MeshEvent = Inbound | Reroute | SessionsLost | SessionsBack | ConflictLost | Joined | MemberChanged
 
 
 def encode_stanza(target: str, hops: int, stanza: bytes, shared: bool = False) -> bytes:
@@ -167,6 +179,11 @@ class MeshCore:
         self._pending: list[Update] = []  # own writes not yet pushed
         self._next_repair = now + rng.uniform(0.5, 1.0) * repair_interval
         self._joined = False
+        #: node -> until when its returning records count as "back" (it was purged as dead before)
+        self._returning: dict[str, float] = {}
+        self._lost_nodes: set[str] = set()
+        self._announced: set[str] = set()
+        self._now = now
         self._seeds = [s for s in seeds if tuple(s) != tuple(addr)]
         for seed in self._seeds:
             self._send_addr((seed[0], int(seed[1])), Kind.DIRECTORY,
@@ -227,6 +244,7 @@ class MeshCore:
 
     def on_frame(self, now: float, peer: str, kind: int, payload: bytes) -> None:
         """A frame from the authenticated ``peer``. Malformed payloads are counted and dropped."""
+        self._now = now
         try:
             if kind == Kind.MEMBERSHIP:
                 self.membership.on_message(now, ("", 0), payload)
@@ -249,6 +267,7 @@ class MeshCore:
         return min(self.membership.next_deadline(), self.forwarder.next_deadline(), self._next_repair)
 
     def on_timer(self, now: float) -> None:
+        self._now = now
         self.membership.on_timer(now)
         self.forwarder.on_timer(now)
         if now >= self._next_repair:
@@ -325,9 +344,14 @@ class MeshCore:
                         continue
                     shared_seen.add(stanza)
                 self._events.append(Reroute(target, hops, stanza, shared))
-            live = sorted(m.name for m in self.membership.alive() if m.name != member.name)
-            announce = bool(live) and live[0] == self.name
-            self._events.append(SessionsLost(member.name, records, announce, isinstance(event, MemberLeft)))
+            left = isinstance(event, MemberLeft)
+            announce = self._announcer(member.name)
+            self._events.append(SessionsLost(member.name, records, announce, left))
+            if not left:
+                self._lost_nodes.add(member.name)
+                self._returning.pop(member.name, None)
+                if announce and records:
+                    self._announced.add(member.name)  # we said they left: we say it if they come back
         elif isinstance(event, (MemberJoined, MemberAlive)):
             member = event.member
             self._events.append(MemberChanged(member, member.state))
@@ -371,10 +395,39 @@ class MeshCore:
         else:
             raise ValueError(f"unknown directory frame type {type_}")
 
+    def _announcer(self, node: str) -> bool:
+        """Whether this node is the one survivor that speaks for ``node``'s sessions: the live member
+        with the smallest name (every node with the same view picks the same one)."""
+        live = sorted(m.name for m in self.membership.alive() if m.name != node)
+        return bool(live) and live[0] == self.name
+
     def _apply(self, update: Update) -> None:
-        for change in self.directory.apply(update):
-            if isinstance(change, Conflict) and change.loser.node == self.name:
-                self._events.append(ConflictLost(change.loser.jid, change.winner))
+        node = update.node
+        before = self.directory.digest().versions.get(node) if node != self.name else None
+        changes = self.directory.apply(update)
+        restarted: list[SessionRecord] = []
+        back: list[SessionRecord] = []
+        if node in self._lost_nodes and not update.relayed:
+            self._lost_nodes.discard(node)  # the node itself speaks again: what it sends is "back"
+            self._returning[node] = self._now + 2 * self.repair_interval
+        returning = self._returning.get(node, 0.0) >= self._now
+        for change in changes:
+            if isinstance(change, Conflict):
+                if change.loser.node == self.name:
+                    self._events.append(ConflictLost(change.loser.jid, change.winner))
+            elif isinstance(change, Removed) and change.record.node == node and before is not None \
+                    and update.version.epoch > before.epoch + 1:
+                restarted.append(change.record)  # a new life of the node: its old sessions are gone
+            elif isinstance(change, Added) and returning:
+                back.append(change.record)
+        if restarted:
+            # Restarted faster than it could be declared dead (an epoch bump after a false death is
+            # +1; a restart's epoch is a new millisecond clock reading).
+            self._events.append(SessionsLost(node, tuple(restarted), self._announcer(node), False))
+        if back:
+            self._events.append(SessionsBack(node, tuple(back), node in self._announced))
+        if not returning and node not in self._lost_nodes:
+            self._announced.discard(node)
 
     def _check_conflict(self, jid: JID) -> None:
         winner = self.directory.get(jid)

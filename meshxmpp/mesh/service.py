@@ -44,6 +44,7 @@ from meshxmpp.mesh.core import (
     MemberChanged,
     MeshCore,
     Reroute,
+    SessionsBack,
     SessionsLost,
 )
 from meshxmpp.mesh.transport import ConnectionClosed, MeshTransport
@@ -347,6 +348,8 @@ class MeshService:
                     self._queue("reroute", event.hops, el, event)
             elif isinstance(event, SessionsLost):
                 self._lost(event)
+            elif isinstance(event, SessionsBack):
+                self._back(event)
             elif isinstance(event, ConflictLost):
                 session = self.ctx.sessions.get(event.jid)
                 if session is not None:
@@ -444,24 +447,36 @@ class MeshService:
             _HOPS.reset(token)
 
     def _lost(self, event: SessionsLost) -> None:
-        how = "left" if event.left else "died"
+        how = "left" if event.left else "is gone"
         log.info("mesh %s: node %s %s with %d sessions%s", self.name, event.node, how, len(event.records),
                  "; announcing them unavailable" if event.announce else "")
-        if not event.announce or self._nursery is None:
+        if not event.left:
+            self.transport.disconnect(event.node)  # a link it might still hold is not to be trusted
+        if event.announce:
+            from meshxmpp.im.presence import announce_lost
+
+            self._announce([r for r in event.records if r.available], announce_lost, "unavailable")
+
+    def _back(self, event: SessionsBack) -> None:
+        log.info("mesh %s: %d sessions of %s are back%s", self.name, len(event.records), event.node,
+                 "; announcing their presence again" if event.announce else "")
+        if event.announce:
+            from meshxmpp.im.presence import announce_back
+
+            self._announce([r for r in event.records if r.available], announce_back, "available")
+
+    def _announce(self, records: list[SessionRecord], announce: Any, what: str) -> None:
+        if not records or self._nursery is None:
             return
-        from meshxmpp.im.presence import announce_lost
 
-        lost = [r.jid for r in event.records if r.available]
-
-        async def announce() -> None:
-            for jid in lost:
+        async def run() -> None:
+            for record in records:
                 try:
-                    await announce_lost(self.ctx, jid)
+                    await announce(self.ctx, record)
                 except Exception:
-                    log.exception("mesh: announcing %s unavailable failed", jid)
+                    log.exception("mesh: announcing %s %s failed", record.jid, what)
 
-        if lost:
-            self._nursery.start_soon(announce)
+        self._nursery.start_soon(run)
 
 
 def _is_local(ip: str) -> bool:

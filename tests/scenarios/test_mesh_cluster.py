@@ -205,9 +205,12 @@ async def test_messages_in_flight_to_a_killed_node_are_rerouted_once(policy: str
 
 async def test_partition_heal_converges_with_one_conflict() -> None:
     async with cluster(3) as c:
-        for u in ("alice", "dave"):
+        for u in ("alice", "dave", "erin"):
             await c.add_user(u)
         alice = await online(c, 0, "alice", "desk")
+        erin = await online(c, 2, "erin", "desk")
+        await befriend(alice, erin)
+        await c.settled()
         c.partition({0, 1}, {2})
         await c.wait(lambda: all(c.mesh(i).core.membership.member("node2").state == "dead" for i in (0, 1))
                      and c.mesh(2).core.membership.member("node0").state == "dead",
@@ -221,6 +224,9 @@ async def test_partition_heal_converges_with_one_conflict() -> None:
         await dave_b.ping()
         for n in range(10):
             await alice.send(chat(f"dave@{D}/r", f"during {n}"))
+        # erin (node 2) was told once that alice (node 0) is gone, by node 2, the only survivor she sees.
+        await erin.wait_for(is_presence(f"alice@{D}/desk", "unavailable"), what="alice unavailable to erin")
+        erin.pending().clear()
         heal_at = time.monotonic()
         c.heal()
         await c.converged(timeout=15)
@@ -237,11 +243,15 @@ async def test_partition_heal_converges_with_one_conflict() -> None:
         # Every live session is in every table.
         for i in c.live():
             assert c[i].ctx.router.session_at(alice.jid) is not None
+        # The node that said alice was gone says she is back: erin sees her presence again, and alice
+        # sees erin's (node 0 announced erin unavailable during the partition).
+        await erin.wait_for(is_presence(f"alice@{D}/desk"), what="alice available again after the heal")
+        await alice.wait_for(is_presence(f"erin@{D}/desk"), what="erin available again after the heal")
         # Messages now reach the surviving session across the healed link.
         await alice.send(chat(f"dave@{D}/r", "after heal"))
         await dave_b.wait_for(body_is("after heal"), what="message after the heal")
-        await alice.aclose()
-        await dave_b.aclose()
+        for client in (alice, dave_b, erin):
+            await client.aclose()
 
 
 async def test_node_with_a_wrong_secret_cannot_join() -> None:
@@ -258,3 +268,63 @@ async def test_node_with_a_wrong_secret_cannot_join() -> None:
         assert not intruder.node.mesh.joined.is_set()
         assert c.mesh(0).transport.peers() == ("node1",)
         await c.stop(2)
+
+
+async def test_restart_faster_than_detection_announces_lost_sessions_once() -> None:
+    """node 2 crashes and is back (same name and ports, new epoch) before anyone declares it dead: its
+    old sessions are gone all the same, and alice hears that bob left exactly once."""
+    async with cluster(3) as c:
+        for u in ("alice", "bob"):
+            await c.add_user(u)
+        alice = await online(c, 0, "alice", "desk")
+        bob = await online(c, 2, "bob", "phone")
+        await befriend(alice, bob)
+        await c.settled()
+        alice.pending().clear()
+        old_epoch = c.mesh(2).epoch
+        c.kill(2)
+        await c.start(2)
+        await c.wait(lambda: c.mesh(0).core.directory.digest().versions["node2"].epoch > old_epoch,
+                     "node 2's new life not seen by node 0")
+        await alice.wait_for(is_presence(f"bob@{D}/phone", "unavailable"), what="bob/phone unavailable")
+        await c.converged()
+        await c.settled()
+        await alice.ping()
+        assert [el for el in alice.pending() if is_presence(f"bob@{D}/phone", "unavailable")(el)] == []
+        for i in c.live():
+            assert c.mesh(i).core.directory.records_of("node2") == []
+        await alice.aclose()
+
+
+async def test_carbons_and_resource_conflict_across_nodes() -> None:
+    async with cluster(2) as c:
+        for u in ("alice", "bob"):
+            await c.add_user(u)
+        desk = await online(c, 0, "alice", "desk")
+        phone = await online(c, 1, "alice", "phone")
+        bob = await online(c, 1, "bob", "x")
+        for client in (desk, phone):
+            enable = Element("iq", ns.CLIENT, {"type": "set"})
+            enable.add("enable", ns.CARBONS)
+            assert (await client.iq(enable)).get("type") == "result"
+        await c.records(1, f"alice@{D}/phone", lambda r: r.carbons)
+        await c.records(0, f"alice@{D}/desk", lambda r: r.carbons)
+        # bob -> alice/desk (node 0): alice/phone (node 1) gets a <received/> copy.
+        await bob.send(chat(f"alice@{D}/desk", "to desk"))
+        await desk.wait_for(body_is("to desk"), what="the message itself")
+        copy = await phone.wait_for(lambda el: el.find("received", ns.CARBONS) is not None, what="received carbon")
+        assert copy.get("to") == f"alice@{D}/phone"
+        # alice/desk -> bob: alice/phone gets a <sent/> copy across nodes.
+        await desk.send(chat(f"bob@{D}/x", "from desk"))
+        await bob.wait_for(body_is("from desk"), what="message to bob")
+        await phone.wait_for(lambda el: el.find("sent", ns.CARBONS) is not None, what="sent carbon")
+        # A second login with alice/desk's full JID on node 1: the newer one wins, node 0's gets <conflict/>.
+        desk2 = await c.client(1, "alice", resource="desk")
+        await desk.wait_closed(timeout=10)
+        assert desk.stream_error == "conflict"
+        await c.wait(lambda: c.mesh(0).remote_get(desk2.jid) is not None and c[0].ctx.sessions.get(desk2.jid) is None,
+                     "node 0 still holds alice/desk")
+        await bob.send(chat(f"alice@{D}/desk", "to the new desk"))
+        await desk2.wait_for(body_is("to the new desk"), what="message to the winning session")
+        for client in (phone, bob, desk2):
+            await client.aclose()
