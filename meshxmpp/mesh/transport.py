@@ -13,6 +13,10 @@ dialled at once) resolve the same way on both ends: keep the one dialled by the 
 (same dialer: the newer). A link closes with BYE both ways: the side that closes stops writing,
 keeps reading until the peer's BYE or EOF (``close_timeout``), so frames in flight are delivered.
 A link with no frame either way for ``idle_timeout`` is closed; the next ``send()`` dials again.
+
+With ``ssl_contexts`` (mutual TLS with a cluster CA, ``MeshConfig.ssl_contexts()``), every connection
+first completes a TLS handshake, under the same ``handshake_timeout``, and the HMAC handshake then runs
+inside TLS. A TLS failure counts as an auth failure.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import logging
 import math
 import random
 import secrets as _secrets
+import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -53,6 +58,7 @@ HANDSHAKE_READ_SIZE = 4096
 _APP = frozenset(int(k) for k in APP_KINDS)
 _NETWORK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 _WILDCARDS = ("", "0.0.0.0", "::")
+SSLContexts = tuple[ssl.SSLContext, ssl.SSLContext]  # (server side, client side)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +144,7 @@ class _Link:
     )  # fmt: skip
 
     def __init__(self, stream: trio.SocketStream, *, outbound: bool, dial_addr: Address | None) -> None:
-        self.stream = stream
+        self.stream: trio.abc.Stream = stream  # a trio.SSLStream around it once TLS is up
         self.outbound = outbound
         self.dial_addr = dial_addr
         try:
@@ -178,6 +184,69 @@ def _ignore(*args: object) -> None:
     pass
 
 
+class _TLSFailed(Exception):
+    """The TLS layer refused the peer, or the peer refused us: counted and logged as an auth failure."""
+
+
+# The first byte of a TLS record (change_cipher_spec, alert, handshake, application_data) followed by
+# major version 3. A mesh frame cannot start this way: its length would exceed any max_frame.
+_TLS_RECORD_TYPES = frozenset(range(0x14, 0x18))
+
+# OpenSSL reason codes seen when the peer is not speaking TLS at all.
+_NOT_TLS = frozenset(
+    {"WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "HTTP_REQUEST", "RECORD_LAYER_FAILURE",
+     "PACKET_LENGTH_TOO_LONG", "UNEXPECTED_RECORD", "RECORD_LENGTH_MISMATCH"}
+)  # fmt: skip
+
+
+# What a peer that hangs up looks like, from inside TLS or under it.
+_CLOSED = (
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+    ConnectionResetError,
+    BrokenPipeError,
+    ConnectionAbortedError,
+)
+
+
+def _looks_like_tls(data: bytes) -> bool:
+    return len(data) >= 2 and data[0] in _TLS_RECORD_TYPES and data[1] == 3
+
+
+def _check_ssl_contexts(contexts: SSLContexts) -> None:
+    """Refuse contexts that would not give mutual TLS: both must require and verify the peer's
+    certificate, and the client side must not check host names (nodes are named by the HMAC)."""
+    if not (isinstance(contexts, tuple) and len(contexts) == 2):
+        raise ValueError("ssl_contexts must be a (server_context, client_context) pair")
+    server, client = contexts
+    for side, ctx in (("server", server), ("client", client)):
+        if not isinstance(ctx, ssl.SSLContext):
+            raise ValueError(f"ssl_contexts: the {side} context is not an ssl.SSLContext")
+        if ctx.verify_mode != ssl.CERT_REQUIRED:
+            raise ValueError(f"ssl_contexts: the {side} context must have verify_mode CERT_REQUIRED")
+    if client.check_hostname:
+        raise ValueError("ssl_contexts: the client context must have check_hostname off")
+
+
+def _tls_failure(exc: BaseException, during: str) -> str:
+    """One line saying why a TLS handshake (or the first read after it) failed."""
+    cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ else exc
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return f"certificate refused: {cause.verify_message or cause.reason}"
+    if isinstance(cause, _CLOSED) or not isinstance(cause, OSError):
+        return f"the peer closed the connection {during} (did it refuse our certificate?)"
+    if isinstance(cause, ssl.SSLError):
+        reason = cause.reason or ""
+        if reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
+            return "the peer sent no certificate"
+        if reason in _NOT_TLS:
+            return f"the peer does not speak TLS ({reason.lower()})"
+        if reason.startswith(("SSLV3_ALERT_", "TLSV1_ALERT_", "TLSV13_ALERT_")):
+            return f"TLS alert from the peer: {reason.lower()}"
+        return (reason or str(cause)).lower()
+    return f"connection lost {during}: {cause}"
+
+
 class MeshTransport:
     """Authenticated node-to-node links (see the module docstring and docs/mesh/transport.md).
 
@@ -208,7 +277,10 @@ class MeshTransport:
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         rng: random.Random | None = None,
+        ssl_contexts: SSLContexts | None = None,
     ) -> None:
+        if ssl_contexts is not None:
+            _check_ssl_contexts(ssl_contexts)
         Handshake(
             "dialer", node_name=node_name, secrets=secrets, nonce=bytes(NONCE_SIZE), advertise=advertise
         )
@@ -228,6 +300,7 @@ class MeshTransport:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.rng = rng if rng is not None else random.Random()
+        self.ssl_contexts = ssl_contexts
         self.on_frame: Callable[[str, int, bytes], object] = _ignore
         self.on_link_up: Callable[[str, Address | None], object] = _ignore
         self.on_link_down: Callable[[str], object] = _ignore
@@ -494,16 +567,37 @@ class MeshTransport:
         stream = link.stream
         self._handshaking += 1
         level, detail = logging.INFO, ""
+        tls = self.ssl_contexts is not None
+        received = False  # any bytes from the peer in the HMAC handshake
         try:
             with trio.fail_after(self.handshake_timeout):
+                if tls:
+                    stream = await self._start_tls(link)
                 out = hs.start()
                 while hs.result is None:
-                    if out:
-                        await stream.send_all(out)
-                    data = await stream.receive_some(HANDSHAKE_READ_SIZE)
+                    # Under TLS 1.3 the listener checks the dialer's certificate after the dialer's
+                    # TLS handshake has returned: a dialer whose certificate is refused learns it here,
+                    # as a connection closed before the listener's first byte.
+                    refused_cert = tls and link.outbound and not received
+                    try:
+                        if out:
+                            await stream.send_all(out)
+                        data = await stream.receive_some(HANDSHAKE_READ_SIZE)
+                    except _NETWORK_ERRORS as exc:
+                        if refused_cert or (tls and isinstance(exc.__cause__, ssl.SSLError)):
+                            raise _TLSFailed(_tls_failure(exc, "after the TLS handshake")) from None
+                        raise
                     if not data:
+                        if refused_cert:
+                            raise _TLSFailed(_tls_failure(EOFError(), "after the TLS handshake"))
                         raise WireError("connection closed during the handshake")
+                    if not received and not tls and _looks_like_tls(data):
+                        raise _TLSFailed("the peer speaks TLS and we do not (mesh tls_* keys differ)")
+                    received = True
                     out = hs.feed(data)
+        except _TLSFailed as exc:
+            self._stats["auth_failures"] += 1
+            link.reason, level = f"TLS failed: {exc}", logging.WARNING
         except WireError as exc:
             if isinstance(exc, AuthFailed):
                 self._stats["auth_failures"] += 1
@@ -538,6 +632,27 @@ class MeshTransport:
         link.outbox += out  # the listener's AUTH_OK goes first
         self._adopt(link, hs.result, dial)
         return hs.trailing
+
+    async def _start_tls(self, link: _Link) -> trio.SSLStream:
+        """The TLS handshake (mutual, against the cluster CA); ``link.stream`` becomes the TLS stream.
+
+        Raises ``_TLSFailed``. Until it succeeds ``link.stream`` stays the bare socket, so closing a
+        connection whose TLS failed never waits on TLS."""
+        assert self.ssl_contexts is not None
+        server_ctx, client_ctx = self.ssl_contexts
+        raw = link.stream
+        assert isinstance(raw, trio.SocketStream)
+        if link.outbound:
+            # No host name: SNI is not sent and nothing checks the name (check_hostname is off).
+            tls = trio.SSLStream(raw, client_ctx, server_hostname=None)
+        else:
+            tls = trio.SSLStream(raw, server_ctx, server_side=True)
+        try:
+            await tls.do_handshake()
+        except _NETWORK_ERRORS as exc:
+            raise _TLSFailed(_tls_failure(exc, "during the TLS handshake")) from None
+        link.stream = tls
+        return tls
 
     def _next_sequence(self) -> int:
         # Wall-clock based so that a restarted node's new link outranks its stale one on the peer.
@@ -688,8 +803,10 @@ class MeshTransport:
             while not link.aborted:
                 if not link.outbox:
                     if link.closing:
-                        with trio.move_on_after(self.close_timeout):
-                            await stream.send_eof()
+                        # TLS has no half-close (trio.SSLStream has no send_eof): our BYE says it.
+                        if isinstance(stream, trio.abc.HalfCloseableStream):
+                            with trio.move_on_after(self.close_timeout):
+                                await stream.send_eof()
                         return
                     link.parked = trio.lowlevel.current_task()
                     await trio.lowlevel.wait_task_rescheduled(link._abort_park)
