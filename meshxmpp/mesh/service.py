@@ -66,6 +66,8 @@ log = logging.getLogger("meshxmpp.mesh")
 _HOPS: contextvars.ContextVar[int] = contextvars.ContextVar("mesh_hops", default=0)
 _CARBON_NS = ns.CARBONS
 _WILDCARDS = frozenset({"", "0.0.0.0", "::"})
+#: Resource of the directory record that says a node has a connection of an external component.
+COMPONENT_RESOURCE = "component"
 #: How long a leaving node waits for its forwarded stanzas to be acked before it says goodbye.
 DRAIN_TIMEOUT = 3.0
 
@@ -227,6 +229,43 @@ class MeshService:
             self._kick()
         return ok
 
+    def forward_to_node(self, node: str, target: str, el: Element) -> bool:
+        """Send ``el`` to ``node`` for ``target``, which need not be a session: there the stanza is
+        delivered to ``target``'s session if it has one, else routed again by that node's router (so a
+        room or a component that lives there takes it). False when ``node`` is not reachable now."""
+        core = self.core
+        if core is None or node == self.name:
+            return False
+        ok = core.forward(trio.current_time(), node, target, to_bytes(el), _HOPS.get())
+        if ok:
+            self._kick()
+        return ok
+
+    def live_members(self) -> list[str]:
+        """Names of the members alive in this node's view (this node included), sorted."""
+        return [m.name for m in self.core.membership.alive()] if self.core is not None else [self.name]
+
+    def set_component(self, domain: str, connected: bool) -> None:
+        """Record in the replicated table whether this node has a connection of the external component
+        ``domain`` (a record for the JID ``domain/component``, so every node knows where it is)."""
+        core = self.core
+        if core is None:
+            return
+        jid = JID.parse(domain).with_resource(COMPONENT_RESOURCE)
+        if connected:
+            core.put_session(SessionRecord(jid=jid, node=self.name, bound_at=time.time()))
+        else:
+            core.remove_session(jid)
+        self._after_local_write()
+
+    def component_nodes(self, domain: str) -> list[str]:
+        """Other nodes that have a connection of the component ``domain`` (sorted)."""
+        core = self.core
+        if core is None:
+            return []
+        return sorted(r.node for r in core.remote_of(JID.parse(domain))
+                      if r.jid.resource == COMPONENT_RESOURCE)
+
     def spawn(self, awaitable: Awaitable[Any]) -> None:
         """Run router work that has to await (storing a message offline) in the service's nursery."""
         async def run() -> None:
@@ -362,6 +401,9 @@ class MeshService:
             elif isinstance(event, MemberChanged):
                 m = event.member
                 log.info("mesh %s: member %s (%s:%d) is %s", self.name, m.name, m.addr[0], m.addr[1], event.state)
+                if event.state in ("alive", "dead", "left"):
+                    # Features that place things on live members (MUC rooms) re-check their placement.
+                    self.ctx.hub.fire("mesh/members", self.live_members())
 
     def _parse(self, data: bytes, peer: str) -> Element | None:
         """One forwarded stanza, with the protections of a client stream (size, depth, no DTD)."""
@@ -455,7 +497,9 @@ class MeshService:
         if event.announce:
             from meshxmpp.im.presence import announce_lost
 
-            self._announce([r for r in event.records if r.available], announce_lost, "unavailable")
+            # Component records (no localpart) are not users: nobody is subscribed to them.
+            self._announce([r for r in event.records if r.available and r.jid.local is not None],
+                           announce_lost, "unavailable")
 
     def _back(self, event: SessionsBack) -> None:
         log.info("mesh %s: %d sessions of %s are back%s", self.name, len(event.records), event.node,
@@ -463,7 +507,8 @@ class MeshService:
         if event.announce:
             from meshxmpp.im.presence import announce_back
 
-            self._announce([r for r in event.records if r.available], announce_back, "available")
+            self._announce([r for r in event.records if r.available and r.jid.local is not None],
+                           announce_back, "available")
 
     def _announce(self, records: list[SessionRecord], announce: Any, what: str) -> None:
         if not records or self._nursery is None:
