@@ -183,6 +183,8 @@ class MeshCore:
         self._returning: dict[str, float] = {}
         self._lost_nodes: set[str] = set()
         self._announced: set[str] = set()
+        #: dead node -> (the member expected to announce its sessions, the records, left)
+        self._unannounced: dict[str, tuple[str, tuple[SessionRecord, ...], bool]] = {}
         self._now = now
         self._seeds = [s for s in seeds if tuple(s) != tuple(addr)]
         for seed in self._seeds:
@@ -345,15 +347,16 @@ class MeshCore:
                     shared_seen.add(stanza)
                 self._events.append(Reroute(target, hops, stanza, shared))
             left = isinstance(event, MemberLeft)
-            announce = self._announcer(member.name)
-            self._events.append(SessionsLost(member.name, records, announce, left))
-            if not left:
-                self._lost_nodes.add(member.name)
-                self._returning.pop(member.name, None)
-                if announce and records:
-                    self._announced.add(member.name)  # we said they left: we say it if they come back
+            self._lost(member.name, records, left)
+            # Losses whose announcer was this member (it never got to announce them, or was cut off
+            # with them by a partition): the next announcer in our view takes them over.
+            for node, (announcer, lost, was_left) in list(self._unannounced.items()):
+                if announcer == member.name:
+                    del self._unannounced[node]
+                    self._lost(node, lost, was_left)
         elif isinstance(event, (MemberJoined, MemberAlive)):
             member = event.member
+            self._unannounced.pop(member.name, None)
             self._events.append(MemberChanged(member, member.state))
             # Tell it our sessions now, and start a repair so we learn everything it knows.
             self._send_updates(member.addr, self.directory.announce())
@@ -394,6 +397,19 @@ class MeshCore:
                 self._events.append(Joined(peer))
         else:
             raise ValueError(f"unknown directory frame type {type_}")
+
+    def _lost(self, node: str, records: tuple[SessionRecord, ...], left: bool) -> None:
+        live = sorted(m.name for m in self.membership.alive() if m.name != node)
+        announcer = live[0] if live else self.name
+        announce = announcer == self.name
+        self._events.append(SessionsLost(node, records, announce, left))
+        if not announce and records:
+            self._unannounced[node] = (announcer, records, left)
+        if not left:
+            self._lost_nodes.add(node)
+            self._returning.pop(node, None)
+            if announce and records:
+                self._announced.add(node)  # we said they left: we say it if they come back
 
     def _announcer(self, node: str) -> bool:
         """Whether this node is the one survivor that speaks for ``node``'s sessions: the live member

@@ -427,20 +427,23 @@ class MeshService:
 
     def _inbound(self, event: Inbound) -> None:
         assert self.core is not None
-        el = self._parse(event.stanza, event.peer)
-        if el is None:
-            self.core.acknowledge(event.peer, event.token)
-            return
         if not self._busy:
             try:
                 session = self.ctx.sessions.get(JID.parse(event.target))
             except InvalidJID:
                 session = None
             if session is not None and not session.closed:
-                session.send(el)
+                # The fast path: the bytes are the stanza exactly as the sending node's router
+                # serialised it for a client (jabber:client), so they go to the outbox unparsed. An
+                # authenticated peer is trusted not to corrupt client streams (docs/mesh.md).
+                session.send_bytes(event.stanza)
                 self.core.acknowledge(event.peer, event.token)
                 self._kick()
                 return
+        el = self._parse(event.stanza, event.peer)
+        if el is None:
+            self.core.acknowledge(event.peer, event.token)
+            return
         self._queue("inbound", event.hops, el, event)
 
     def _queue(self, what: str, hops: int, el: Element, extra: Any) -> None:
