@@ -2,9 +2,11 @@
 
 Every node gets its own TOML file (same domain, same SQLite file, its own client, HTTP and mesh ports)
 and is started from the command line with ``--mesh-port``, ``--node-name`` and one ``--peers`` list
-naming all three nodes (each node drops itself from it). Node ``i``'s output goes to ``node{i}.log``
-in the temporary directory; `tails` returns the ends of those files for failure reports. Every wait
-is a bounded poll that says what it was waiting for when it gives up.
+naming all three nodes (each node drops itself from it). The domain keeps the default routing
+policy; every node has the same ``[[routing.sender]]`` rules giving one sender account each policy
+(`SENDER_POLICIES`). Node ``i``'s output goes to ``node{i}.log`` in the temporary directory; `tails`
+returns the ends of those files for failure reports. Every wait is a bounded poll that says what it
+was waiting for when it gives up.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,14 @@ T = TypeVar("T")
 DOMAIN = "localhost"
 SECRET = "meshxmpp-interop-subprocess-secret"
 PYTHON = sys.executable
+#: Sender accounts with a ``[[routing.sender]]`` rule of their own on every node (local part -> policy),
+#: so that one cluster shows each routing policy; everybody else gets the default (top-priority-all).
+SENDER_POLICIES: dict[str, str] = {
+    "via-most-available": "most-available",
+    "via-top-priority-all": "top-priority-all",
+    "via-all-non-negative": "all-non-negative",
+    "via-all-connected": "all-connected",
+}
 
 
 def free_ports(n: int) -> list[int]:
@@ -109,6 +120,8 @@ class MeshProcs:
                 f'bind = "127.0.0.1"\nport = {http_port}\n'
                 "[mesh]\n"
                 f'bind = "127.0.0.1"\nsecret = "{SECRET}"\nprofile = "test"\n'
+                + "".join(f'[[routing.sender]]\nmatch = "{local}@{DOMAIN}"\npolicy = "{policy}"\n'
+                          for local, policy in SENDER_POLICIES.items())
             )
             self.nodes.append(NodeProc(i, config, self.tmp / f"node{i}.log", c2s, http_port, mesh))
 
@@ -208,6 +221,14 @@ class MeshProcs:
         """``GET /api/cluster`` (what ``meshxmpp cluster status`` prints), decoded."""
         code, body = self.http_get(i, "/api/cluster")
         assert code == 200, f"node{i} /api/cluster answered {code}: {body[:200]!r}"
+        result: dict[str, Any] = json.loads(body)
+        return result
+
+    def explain(self, i: int, to: str, type_: str = "chat", sender: str | None = None) -> dict[str, Any]:
+        """``GET /api/explain`` on node ``i`` (what ``meshxmpp explain`` prints), decoded."""
+        query = {"to": to, "type": type_, **({"from": sender} if sender is not None else {})}
+        code, body = self.http_get(i, "/api/explain?" + urllib.parse.urlencode(query))
+        assert code == 200, f"node{i} /api/explain?{query} answered {code}: {body[:200]!r}"
         result: dict[str, Any] = json.loads(body)
         return result
 

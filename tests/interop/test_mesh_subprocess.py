@@ -7,6 +7,10 @@ clients are slixmpp (asyncio) over real sockets. Every wait has a deadline and s
 stanzas are awaited as events; the nodes' state (another process) is read with bounded polls of
 ``GET /api/cluster`` or ``meshxmpp cluster status``. Node 2 is SIGKILLed in the kill test; only the explain test, which
 needs nodes 0 and 1 only, runs after it.
+
+The routing policies share that one cluster: every node has a ``[[routing.sender]]`` rule per policy for
+one sender account each (``SENDER_POLICIES`` in _mesh_procs.py), so one set of bob's devices and four
+senders check every policy against the one-node recipients of test_slixmpp_policies.py.
 """
 
 from __future__ import annotations
@@ -21,14 +25,16 @@ from typing import Any
 
 import pytest
 
-from tests.interop._mesh_procs import DOMAIN, MeshProcs, started
+from tests.interop._mesh_procs import DOMAIN, SENDER_POLICIES, MeshProcs, started
 from tests.interop.slix import Slix
+from tests.interop.test_slixmpp_policies import ALL, CHAT, CONFIGS, DEVICES, HEADLINE, POLICIES, expected
 
 pytestmark = pytest.mark.timeout(120)
 
 D = DOMAIN
 PW = "pw-secret"
-USERS = ["amy", "ben", "alice", "bob", "carol", "eve", "frank", "grace"]
+#: The people of the tests below, then one sender per routing policy (its own [[routing.sender]] rule).
+USERS = ["amy", "ben", "alice", "bob", "carol", "eve", "frank", "grace", *SENDER_POLICIES]
 #: The test profile's bound on failure detection (issue 5): kill -> dead in every survivor's status.
 DETECTION_BOUND = 5.0
 
@@ -240,6 +246,128 @@ def test_roster_subscription_and_presence_across_nodes(procs: MeshProcs) -> None
                 await c.disconnect()
 
     run(scenario())
+
+
+# ---------------------------------------------------------------------------------------- 2b. routing policies
+
+#: bob's devices are spread over nodes 1 and 2; the four senders (one per policy) are on node 0.
+BOB_NODE = {"phone": 1, "tablet": 2, "laptop": 1}
+SENDER_NODE = 0
+SENDER_OF = {policy: local for local, policy in SENDER_POLICIES.items()}
+
+
+def bob_sessions(report: dict[str, Any]) -> dict[str, tuple[bool, int]]:
+    """device -> (available, priority) of bob's sessions in an explain report."""
+    prefix = f"bob@{D}/"
+    return {s["jid"].removeprefix(prefix): (s["available"], s["priority"]) for s in report["sessions"]}
+
+
+def explained(report: dict[str, Any]) -> frozenset[str]:
+    """The devices an explain report delivers to."""
+    return frozenset(a["jid"].split("/", 1)[1] for a in report["actions"] if a["action"] == "deliver")
+
+
+def test_each_policy_gives_the_one_node_recipients_across_cli_nodes(procs: MeshProcs) -> None:
+    """bob's phone and laptop on node 1, his tablet on node 2; four senders on node 0, each under a
+    per-sender policy. For each configuration of priorities of test_slixmpp_policies.py, each sender
+    sends a chat and a headline to bob's bare JID, and every device gets exactly what one node gives
+    (CHAT and HEADLINE there, written from docs/routing.md). What ``GET /api/explain`` on node 0
+    predicts for each sender is checked against the same tables.
+
+    Waits: after each device's presence, until node 0's explain shows it with that priority (presences
+    are sent one after another in DEVICES order, so the most-available tie-break, by the replicated
+    last activity, sees the same order as on one node); after the senders' messages, until node 0 has
+    no forwarded stanza unacked (acked: in the device's outbox), then a ping of each device's server."""
+    bare = f"bob@{D}"
+    problems: list[str] = []
+
+    def explain(policy: str, type_: str) -> dict[str, Any]:
+        return procs.explain(SENDER_NODE, bare, type_, f"{SENDER_OF[policy]}@{D}")
+
+    async def shown(want: dict[str, tuple[bool, int] | bool]) -> None:
+        """Until node 0 shows bob's sessions as ``want`` (device -> (available, priority); False: bound
+        without presence; devices not named: anything)."""
+        seen: dict[str, Any] = {}
+
+        def check() -> bool:
+            seen.update(bob_sessions(explain(POLICIES[0], "chat")))
+            return all(d in seen and (seen[d] == w if w is not False else seen[d][0] is False)
+                       for d, w in want.items())
+
+        await poll(check, lambda: f"node{SENDER_NODE} never showed bob's sessions as {want}: {seen}", within=10)
+
+    def forwards_done() -> bool:
+        forward = procs.status(SENDER_NODE)["forward"]
+        return bool(forward["in_flight"] == 0 and forward["backlog"] == 0)
+
+    async def scenario() -> None:
+        async with clients() as login:
+            devices = {d: await login(procs[BOB_NODE[d]], f"bob/{d}", roster=False, presence=False)
+                       for d in DEVICES}
+            senders = {p: await login(procs[SENDER_NODE], f"{SENDER_OF[p]}/desk", roster=False,
+                                      presence=False) for p in POLICIES}
+            await shown({d: False for d in DEVICES})  # node 0 knows the three bound sessions
+            for config, priorities in CONFIGS.items():
+                for d, priority in zip(DEVICES, priorities, strict=True):
+                    if priority is None:
+                        continue
+                    devices[d].xmpp.send_presence(ppriority=priority)
+                    await devices[d].ping_server()
+                    await shown({d: (True, priority)})
+                await shown({d: False if p is None else (True, p) for d, p in zip(DEVICES, priorities, strict=True)})
+                for c in devices.values():
+                    assert bodies(c) == [], (config, c.jid)  # presence brings no message
+
+                want_heads = {p: ALL if p == "all-connected" else HEADLINE[config] for p in POLICIES}
+                for p in POLICIES:  # what node 0 says it will do, for each sender
+                    chat = await asyncio.to_thread(explain, p, "chat")
+                    head = await asyncio.to_thread(explain, p, "headline")
+                    if chat["policy"] != p:
+                        problems.append(f"{config}: explain from {SENDER_OF[p]} names policy {chat['policy']}")
+                    for t, report, one_node in (("chat", chat, CHAT[config, p]), ("headline", head, want_heads[p])):
+                        if explained(report) != one_node:
+                            problems.append(f"{config}, {p}: explain {t} delivers to {sorted(explained(report))}, "
+                                            f"one node gives {sorted(one_node)}: {report['explain']}")
+
+                for p, sender in senders.items():
+                    sender.xmpp.send_message(mto=bare, mbody=f"chat {config} {p}", mtype="chat")
+                    sender.xmpp.send_message(mto=bare, mbody=f"headline {config} {p}", mtype="headline")
+                for sender in senders.values():
+                    await sender.ping_server()  # node 0 has routed (and forwarded) what it sent
+                await poll(forwards_done, lambda: f"node{SENDER_NODE} still forwarding: "
+                           f"{procs.status(SENDER_NODE)['forward']}", within=10)
+                got = {}
+                for d, c in devices.items():
+                    await c.ping_server()  # what was acked into its outbox came before the pong
+                    got[d] = sorted(bodies(c))
+                want = expected({**{f"chat {config} {p}": CHAT[config, p] for p in POLICIES},
+                                 **{f"headline {config} {p}": want_heads[p] for p in POLICIES}})
+                if got != want:
+                    problems.append(f"{config} {dict(zip(DEVICES, priorities, strict=True))}: " + "; ".join(
+                        f"{d} got {got[d]}, one node gives {want[d]} (extra {sorted(set(got[d]) - set(want[d]))}, "
+                        f"missing {sorted(set(want[d]) - set(got[d]))})" for d in DEVICES if got[d] != want[d]))
+                for p, sender in senders.items():
+                    bounced = [(m["type"], str(m["body"])) for m in sender.drain_messages()]
+                    if bounced:
+                        problems.append(f"{config}: {SENDER_OF[p]} got back {bounced}")
+            for c in (*devices.values(), *senders.values()):
+                await c.disconnect()
+        # The next tests count sessions: wait until bob's and the senders' are gone from every node.
+        left: dict[str, list[str]] = {}
+
+        def gone() -> bool:
+            left.clear()
+            for i in range(3):
+                for user in ("bob", *SENDER_POLICIES):
+                    jids = [s["jid"] for s in procs.explain(i, f"{user}@{D}")["sessions"]]
+                    if jids:
+                        left[f"node{i}"] = left.get(f"node{i}", []) + jids
+            return not left
+
+        await poll(gone, lambda: f"sessions still listed after logout: {left}")
+
+    run(scenario())
+    assert not problems, "\n".join(problems)
 
 
 # ---------------------------------------------------------------------------------------- 4. status table
