@@ -46,3 +46,6 @@ MUC = "http://jabber.org/protocol/muc"  # XEP-0045
 MUC_USER = "http://jabber.org/protocol/muc#user"
 MUC_ADMIN = "http://jabber.org/protocol/muc#admin"
 MUC_OWNER = "http://jabber.org/protocol/muc#owner"
+CONFERENCE = "jabber:x:conference"  # XEP-0249 (added to mediated MUC invitations)
+MUC_ROOMCONFIG = "http://jabber.org/protocol/muc#roomconfig"  # FORM_TYPE of the MUC owner form
+MUC_ROOMINFO = "http://jabber.org/protocol/muc#roominfo"  # FORM_TYPE of the room's disco#info form
