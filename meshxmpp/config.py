@@ -537,7 +537,7 @@ class RoutingConfig:
 
 @attrs.define(frozen=True, kw_only=True)
 class MUCConfig:
-    """Multi-user chat (XEP-0045); reserved for a later release."""
+    """Multi-user chat (XEP-0045, docs/muc.md): the service runs when domain is set."""
 
     domain: str | None = _opt(
         None,
@@ -546,6 +546,18 @@ class MUCConfig:
         check=is_domain,
         normalize=_normalize_domain,
         unset="unset: no MUC service",
+    )
+    history_size: int = _opt(
+        20,
+        doc="Messages a new room keeps as history for joining occupants (its owner can change it); 0: none.",
+        expect="an integer, 0 to 1000",
+        check=lambda v: 0 <= v <= 1000,
+    )
+    default_persistent: bool = _opt(
+        False,
+        doc="Whether a new room is persistent (kept when empty and across restarts) until its owner "
+        "configures it otherwise.",
+        expect="true or false",
     )
 
 
@@ -563,11 +575,18 @@ class ComponentService:
 
 @attrs.define(frozen=True, kw_only=True)
 class ComponentsConfig:
-    """External components (XEP-0114); reserved for a later release."""
+    """External components (XEP-0114); the listener runs when a [[components.service]] is listed."""
 
+    bind: str = _opt(
+        "127.0.0.1",
+        doc="Address the component listener binds to (components authenticate with a shared secret "
+        "over plain TCP: keep it on loopback or a private network).",
+        expect=_BIND,
+        check=is_bind_address,
+    )
     port: int = _opt(
         5347,
-        doc="Component listener port (bound on loopback unless configured otherwise later).",
+        doc="Component listener port. 0 picks a free port (tests).",
         expect=_PORT,
         check=_in_range(0, 65535),
     )
@@ -605,6 +624,10 @@ MESH_PROFILES = tuple(PROFILES)
 MESH_SECRET_ENV = "MESHXMPP_MESH_SECRET"
 _WILDCARDS = frozenset({"0.0.0.0", "::", ""})
 _UNSET_TIMING = "unset: the profile's value"
+_MESH_TLS_KEYS = ("tls_ca", "tls_cert", "tls_key")
+
+if typing.TYPE_CHECKING:
+    import ssl
 
 
 def _timing_seconds(doc: str, *, zero_ok: bool = False) -> Any:
@@ -709,9 +732,32 @@ class MeshConfig:
     )
     handshake_timeout: float = _opt(
         3.0,
-        doc="Seconds for the authenticating handshake of a new mesh link.",
+        doc="Seconds for the authenticating handshake of a new mesh link (with TLS: both handshakes).",
         expect=_POSITIVE,
         check=lambda v: v > 0,
+    )
+    tls_ca: str | None = _opt(
+        None,
+        doc="PEM certificate of the cluster CA. With tls_cert and tls_key, mesh links use mutual TLS: "
+        "a peer must present a certificate signed by this CA (system CAs are not trusted, host names "
+        "are not checked) and then still prove the secret. docs/mesh/transport.md has a recipe.",
+        expect="a file path",
+        check=_non_empty,
+        unset="unset: no TLS on mesh links (set tls_ca, tls_cert and tls_key, or none)",
+    )
+    tls_cert: str | None = _opt(
+        None,
+        doc="PEM certificate chain of this node, signed by tls_ca; shown to peers in both directions.",
+        expect="a file path",
+        check=_non_empty,
+        unset="unset (set tls_ca, tls_cert and tls_key, or none)",
+    )
+    tls_key: str | None = _opt(
+        None,
+        doc="PEM private key file for tls_cert.",
+        expect="a file path",
+        check=_non_empty,
+        unset="unset (set tls_ca, tls_cert and tls_key, or none)",
     )
     # Overrides of single `Timing` values (meshxmpp/mesh/_swim_timing.py), same names.
     probe_interval: float | None = _timing_seconds(
@@ -754,10 +800,57 @@ class MeshConfig:
         "Seconds a dead member is still gossiped to, so that it can refute its death.", zero_ok=True
     )
 
+    def __attrs_post_init__(self) -> None:
+        # tls_ca, tls_cert and tls_key: all three or none, and the files exist (as [tls] cert/key).
+        # A value of the wrong type is left to the field checks, which name it.
+        paths = {name: getattr(self, name) for name in _MESH_TLS_KEYS}
+        given = [name for name, p in paths.items() if isinstance(p, str) and p]
+        if any(p is not None and not (isinstance(p, str) and p) for p in paths.values()):
+            return
+        if given and len(given) < len(paths):
+            missing = next(name for name in _MESH_TLS_KEYS if name not in given)
+            with_ = " and ".join(f"mesh.{name}" for name in given)
+            raise ConfigError(
+                f"mesh.{missing}",
+                f"must be set together with {with_} (tls_ca, tls_cert and tls_key: all or none)",
+            )
+        for name in given:
+            if not Path(paths[name]).is_file():
+                raise ConfigError(f"mesh.{name}", f"file not found: {paths[name]}")
+
     @property
     def enabled(self) -> bool:
         """The mesh runs: a secret is set."""
         return self.secret is not None
+
+    @property
+    def tls_enabled(self) -> bool:
+        """Mesh links use mutual TLS: tls_ca, tls_cert and tls_key are set."""
+        return self.tls_ca is not None
+
+    def ssl_contexts(self) -> tuple[ssl.SSLContext, ssl.SSLContext] | None:
+        """(server_context, client_context) for ``MeshTransport(ssl_contexts=...)``; None without TLS.
+
+        Both: TLS 1.2 or later (1.3 when both ends have it), this node's tls_cert and tls_key, and the
+        peer's certificate required and verified against tls_ca only (no system CAs). No host name
+        check: a node is identified by the name it proves in the HMAC handshake. Reads the files now;
+        raises ``ssl.SSLError`` or ``OSError`` when they are not valid PEM or the key does not match.
+        """
+        import ssl
+
+        if self.tls_ca is None or self.tls_cert is None or self.tls_key is None:
+            return None
+        contexts = []
+        for protocol in (ssl.PROTOCOL_TLS_SERVER, ssl.PROTOCOL_TLS_CLIENT):
+            ctx = ssl.SSLContext(protocol)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.options |= ssl.OP_NO_COMPRESSION
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(cafile=self.tls_ca)
+            ctx.load_cert_chain(self.tls_cert, self.tls_key)
+            contexts.append(ctx)
+        return contexts[0], contexts[1]
 
     def secrets(self) -> list[bytes]:
         """Every accepted secret as UTF-8, the one this node proves itself with first; [] when unset."""

@@ -93,6 +93,7 @@ def test_defaults_match_the_contract() -> None:
         "max_frame": 1048576,
         "dial_timeout": 3.0,
         "handshake_timeout": 3.0,
+        "tls_ca": None, "tls_cert": None, "tls_key": None,
         **dict.fromkeys(TIMING_KEYS),
     }
     assert not c.mesh.enabled and c.mesh.secrets() == []

@@ -88,6 +88,7 @@ class MeshService:
             node_name=self.name, bind=cfg.bind, port=cfg.port, secrets=cfg.secrets(),
             advertise=cfg.advertise_address(), dial_timeout=cfg.dial_timeout,
             handshake_timeout=cfg.handshake_timeout, max_frame=cfg.max_frame,
+            ssl_contexts=cfg.ssl_contexts(),  # mutual TLS with the cluster CA when [mesh] tls_* are set
         )
         self.core: MeshCore | None = None
         self.joined = trio.Event()

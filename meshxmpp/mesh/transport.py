@@ -80,7 +80,7 @@ class TransportStatistics:
     connections: int  # open sockets: handshaking, linked, closing
     dials: int
     dial_failures: int
-    auth_failures: int  # a proof that matched no secret, either direction
+    auth_failures: int  # a proof that matched no secret, either direction, or a failed TLS handshake
     handshake_failures: int  # any other failed handshake (timeout, garbage, EOF, our own name)
     protocol_errors: int  # an authenticated peer broke the framing
     duplicates: int  # connections closed because another link to the same peer won
@@ -191,14 +191,8 @@ class _TLSFailed(Exception):
 # The first byte of a TLS record (change_cipher_spec, alert, handshake, application_data) followed by
 # major version 3. A mesh frame cannot start this way: its length would exceed any max_frame.
 _TLS_RECORD_TYPES = frozenset(range(0x14, 0x18))
-
-# OpenSSL reason codes seen when the peer is not speaking TLS at all.
-_NOT_TLS = frozenset(
-    {"WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "HTTP_REQUEST", "RECORD_LAYER_FAILURE",
-     "PACKET_LENGTH_TOO_LONG", "UNEXPECTED_RECORD", "RECORD_LENGTH_MISMATCH"}
-)  # fmt: skip
-
-
+_TLS_HANDSHAKE_RECORD = 0x16
+_TLS_ALERTS = ("SSLV3_ALERT_", "TLSV1_ALERT_", "TLSV13_ALERT_")
 # What a peer that hangs up looks like, from inside TLS or under it.
 _CLOSED = (
     ssl.SSLEOFError,
@@ -207,10 +201,22 @@ _CLOSED = (
     BrokenPipeError,
     ConnectionAbortedError,
 )
+_REFUSED_AFTER_TLS = "the peer closed the connection after the TLS handshake (did it refuse our certificate?)"
+_BYE_REQUIRED = encode_frame(Kind.BYE, b"this node requires TLS on mesh links")
+_BYE_NO_TLS = encode_frame(Kind.BYE, b"this node does not use TLS on mesh links")
 
 
 def _looks_like_tls(data: bytes) -> bool:
     return len(data) >= 2 and data[0] in _TLS_RECORD_TYPES and data[1] == 3
+
+
+def _bye_in(data: bytes) -> str | None:
+    """The reason of a BYE frame at the start of ``data``, if there is one."""
+    try:
+        frames = FrameDecoder().feed(data)
+    except WireError:
+        return None
+    return bye_reason(frames[0][1]) if frames and frames[0][0] == Kind.BYE else None
 
 
 def _check_ssl_contexts(contexts: SSLContexts) -> None:
@@ -228,23 +234,43 @@ def _check_ssl_contexts(contexts: SSLContexts) -> None:
         raise ValueError("ssl_contexts: the client context must have check_hostname off")
 
 
-def _tls_failure(exc: BaseException, during: str) -> str:
-    """One line saying why a TLS handshake (or the first read after it) failed."""
-    cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ else exc
+def _tls_failure(exc: BaseException) -> str | None:
+    """Why TLS failed, from what trio raised; None when the peer just hung up (or the socket broke)."""
+    cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None else exc
     if isinstance(cause, ssl.SSLCertVerificationError):
         return f"certificate refused: {cause.verify_message or cause.reason}"
-    if isinstance(cause, _CLOSED) or not isinstance(cause, OSError):
-        return f"the peer closed the connection {during} (did it refuse our certificate?)"
-    if isinstance(cause, ssl.SSLError):
-        reason = cause.reason or ""
-        if reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
-            return "the peer sent no certificate"
-        if reason in _NOT_TLS:
-            return f"the peer does not speak TLS ({reason.lower()})"
-        if reason.startswith(("SSLV3_ALERT_", "TLSV1_ALERT_", "TLSV13_ALERT_")):
-            return f"TLS alert from the peer: {reason.lower()}"
-        return (reason or str(cause)).lower()
-    return f"connection lost {during}: {cause}"
+    if isinstance(cause, _CLOSED) or not isinstance(cause, ssl.SSLError):
+        return None
+    reason = cause.reason or ""
+    if reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
+        return "the peer sent no certificate"
+    if reason.startswith(_TLS_ALERTS):
+        return f"TLS alert from the peer: {reason.lower()}"
+    return f"TLS error: {(reason or str(cause)).lower()}"
+
+
+class _Watched(trio.abc.Stream):
+    """The socket under a TLS stream. Keeps the first bytes the peer sent, which tell a failed TLS
+    handshake with a peer that does not use TLS (or that hung up at once) from a refused one."""
+
+    def __init__(self, inner: trio.SocketStream) -> None:
+        self.inner = inner
+        self.first: bytes | None = None
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self.inner.receive_some(max_bytes)
+        if self.first is None and data:
+            self.first = bytes(data[:512])
+        return data
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 class MeshTransport:
@@ -584,15 +610,20 @@ class MeshTransport:
                             await stream.send_all(out)
                         data = await stream.receive_some(HANDSHAKE_READ_SIZE)
                     except _NETWORK_ERRORS as exc:
-                        if refused_cert or (tls and isinstance(exc.__cause__, ssl.SSLError)):
-                            raise _TLSFailed(_tls_failure(exc, "after the TLS handshake")) from None
+                        why = _tls_failure(exc) if tls else None
+                        if why is None and refused_cert:
+                            why = _REFUSED_AFTER_TLS
+                        if why is not None:
+                            raise _TLSFailed(why) from None
                         raise
                     if not data:
                         if refused_cert:
-                            raise _TLSFailed(_tls_failure(EOFError(), "after the TLS handshake"))
+                            raise _TLSFailed(_REFUSED_AFTER_TLS)
                         raise WireError("connection closed during the handshake")
                     if not received and not tls and _looks_like_tls(data):
-                        raise _TLSFailed("the peer speaks TLS and we do not (mesh tls_* keys differ)")
+                        raise WireError(
+                            "the peer uses TLS on mesh links and this node does not", reply=_BYE_NO_TLS
+                        )
                     received = True
                     out = hs.feed(data)
         except _TLSFailed as exc:
@@ -636,21 +667,43 @@ class MeshTransport:
     async def _start_tls(self, link: _Link) -> trio.SSLStream:
         """The TLS handshake (mutual, against the cluster CA); ``link.stream`` becomes the TLS stream.
 
-        Raises ``_TLSFailed``. Until it succeeds ``link.stream`` stays the bare socket, so closing a
-        connection whose TLS failed never waits on TLS."""
+        Raises ``_TLSFailed``, or ``WireError`` when the peer hung up before sending anything (as
+        without TLS). Until it succeeds ``link.stream`` stays the bare socket, so closing a connection
+        whose TLS failed never waits on TLS."""
         assert self.ssl_contexts is not None
         server_ctx, client_ctx = self.ssl_contexts
         raw = link.stream
         assert isinstance(raw, trio.SocketStream)
+        watched = _Watched(raw)
         if link.outbound:
-            # No host name: SNI is not sent and nothing checks the name (check_hostname is off).
-            tls = trio.SSLStream(raw, client_ctx, server_hostname=None)
+            # No host name: no SNI, and nothing checks a name (check_hostname is off).
+            tls = trio.SSLStream(watched, client_ctx, server_hostname=None)
         else:
-            tls = trio.SSLStream(raw, server_ctx, server_side=True)
+            tls = trio.SSLStream(watched, server_ctx, server_side=True)
         try:
             await tls.do_handshake()
         except _NETWORK_ERRORS as exc:
-            raise _TLSFailed(_tls_failure(exc, "during the TLS handshake")) from None
+            first = watched.first
+            why = _tls_failure(exc)
+            if first is None and why is None:
+                raise WireError("connection closed during the handshake") from None
+            if not link.outbound and first is not None and first[0] != _TLS_HANDSHAKE_RECORD:
+                # Most likely a node without TLS: tell it why, in its own framing.
+                with trio.move_on_after(self.close_timeout):
+                    try:
+                        await raw.send_all(_BYE_REQUIRED)
+                    except _NETWORK_ERRORS:
+                        pass
+                raise _TLSFailed("the peer does not use TLS") from None
+            if link.outbound and first is not None and not _looks_like_tls(first):
+                said = _bye_in(first)
+                raise _TLSFailed(
+                    "the peer does not use TLS" + (f" (it says {said!r})" if said else "")
+                ) from None
+            raise _TLSFailed(
+                why
+                or "the peer closed the connection during the TLS handshake (did it refuse our certificate?)"
+            ) from None
         link.stream = tls
         return tls
 

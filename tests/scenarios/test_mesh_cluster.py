@@ -328,3 +328,25 @@ async def test_carbons_and_resource_conflict_across_nodes() -> None:
         await desk2.wait_for(body_is("to the new desk"), what="message to the winning session")
         for client in (phone, bob, desk2):
             await client.aclose()
+
+
+async def test_cluster_over_mutual_tls(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("meshxmpp-node")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "node.key"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "node.pem"))
+    tls = {"tls_ca": str(tmp_path / "ca.pem"), "tls_cert": str(tmp_path / "node.pem"),
+           "tls_key": str(tmp_path / "node.key")}
+    async with cluster(2, {"mesh": tls}) as c:
+        for u in ("alice", "bob"):
+            await c.add_user(u)
+        alice = await online(c, 0, "alice", "desk")
+        bob = await online(c, 1, "bob", "phone")
+        await alice.send(chat(f"bob@{D}", "over tls"))
+        await bob.wait_for(body_is("over tls"), what="message over a TLS mesh link")
+        assert c.mesh(0).transport.statistics().auth_failures == 0
+        for client in (alice, bob):
+            await client.aclose()
