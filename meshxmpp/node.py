@@ -35,6 +35,7 @@ class Node:
         self.c2s: C2SListener | None = None
         self.c2s_tls: C2SListener | None = None
         self.http: HttpServer | None = None
+        self.components: Any = None  # component.listener.ComponentListener when [[components.service]] exist
         self.mesh: Any = None  # mesh.service.MeshService when [mesh] secret is set
         self._cancel: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
@@ -49,6 +50,11 @@ class Node:
     @property
     def direct_tls_port(self) -> int | None:
         return self.c2s_tls.port if self.c2s_tls is not None else None
+
+    @property
+    def component_port(self) -> int | None:
+        """The component listener's bound port; None when no [[components.service]] is configured."""
+        return self.components.port if self.components is not None else None
 
     @property
     def http_port(self) -> int | None:
@@ -85,6 +91,11 @@ class Node:
                         self.mesh = mesh
                         # Joined (the cluster's sessions known) before any client can bind.
                         await nursery.start(mesh.run)
+                    if config.components.service:
+                        from meshxmpp.component.listener import ComponentListener
+
+                        self.components = ComponentListener(ctx)
+                        await nursery.start(self.components.run)  # hooks in before clients come
                     self.c2s = C2SListener(ctx)
                     await nursery.start(self.c2s.run)
                     if config.c2s.direct_tls_port is not None:

@@ -252,7 +252,9 @@ class MeshService:
         core = self.core
         if core is None:
             return
-        jid = JID.parse(domain).with_resource(COMPONENT_RESOURCE)
+        # One record per (domain, node): a component connected to several nodes stays reachable
+        # through the others when one connection closes.
+        jid = JID.parse(domain).with_resource(f"{COMPONENT_RESOURCE}/{self.name}")
         if connected:
             core.put_session(SessionRecord(jid=jid, node=self.name, bound_at=time.time()))
         else:
@@ -265,7 +267,7 @@ class MeshService:
         if core is None:
             return []
         return sorted(r.node for r in core.remote_of(JID.parse(domain))
-                      if r.jid.resource == COMPONENT_RESOURCE)
+                      if (r.jid.resource or "").partition("/")[0] == COMPONENT_RESOURCE)
 
     def spawn(self, awaitable: Awaitable[Any]) -> None:
         """Run router work that has to await (storing a message offline) in the service's nursery."""
