@@ -66,6 +66,8 @@ log = logging.getLogger("meshxmpp.mesh")
 _HOPS: contextvars.ContextVar[int] = contextvars.ContextVar("mesh_hops", default=0)
 _CARBON_NS = ns.CARBONS
 _WILDCARDS = frozenset({"", "0.0.0.0", "::"})
+#: Domain of the directory records that describe nodes rather than sessions (never a real domain).
+_NODE_INFO_DOMAIN = "meshxmpp.invalid"
 #: Resource of the directory record that says a node has a connection of an external component.
 COMPONENT_RESOURCE = "component"
 #: How long a leaving node waits for its forwarded stanzas to be acked before it says goodbye.
@@ -268,6 +270,30 @@ class MeshService:
             return []
         return sorted(r.node for r in core.remote_of(JID.parse(domain))
                       if (r.jid.resource or "").partition("/")[0] == COMPONENT_RESOURCE)
+
+    def publish_c2s_address(self, address: str | None) -> None:
+        """Publish (or withdraw, with None) where clients reach this node ("host:port"), for
+        `<see-other-host/>` redirects by nodes that shut down. Kept in the replicated table as a record
+        of the JID ``meshxmpp.invalid/c2s/<node>`` (no user can have it) with the address as its text."""
+        core = self.core
+        if core is None:
+            return
+        jid = JID.parse(f"{_NODE_INFO_DOMAIN}/c2s/{self.name}")
+        if address is None:
+            core.remove_session(jid)
+        else:
+            core.put_session(SessionRecord(jid=jid, node=self.name, available=False, presence=address,
+                                           bound_at=time.time()))
+        self._after_local_write()
+
+    def c2s_addresses(self) -> dict[str, str]:
+        """Live nodes' published client addresses (this node's excluded): node name -> "host:port"."""
+        core = self.core
+        if core is None:
+            return {}
+        live = set(self.live_members())
+        return {r.node: r.presence for r in core.remote_of(JID.parse(_NODE_INFO_DOMAIN))
+                if r.presence and r.node in live and (r.jid.resource or "").startswith("c2s/")}
 
     def spawn(self, awaitable: Awaitable[Any]) -> None:
         """Run router work that has to await (storing a message offline) in the service's nursery."""
