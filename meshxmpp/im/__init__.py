@@ -29,3 +29,7 @@ def register_all(hub: Hub, ctx: NodeContext) -> None:
     version.register(hub, ctx)
     session_iq.register(hub, ctx)
     carbons.register(hub, ctx)
+    # Multi-user chat (XEP-0045) when [muc] domain is set; it hooks the router's {kind}/remote events.
+    from meshxmpp.muc import service as muc
+
+    muc.register(hub, ctx)

@@ -17,13 +17,16 @@ and the real backends agree:
   first; ``mark_delivered()`` records and deletes in one transaction and returns the deleted
   ids ascending; deleting a message (any way) deletes its delivery records, and deleting an
   account deletes its known resources.
+* Rooms (``docs/muc.md``): ``Rooms.list()`` is sorted; ``get()`` returns a copy (mutating it, its
+  config, affiliations or occupants changes nothing stored); ``set_occupants()`` on a room that
+  is not stored does nothing and returns ``False``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 if TYPE_CHECKING:
     from meshxmpp.c2s.sasl import ScramCredentials
@@ -33,6 +36,8 @@ __all__ = [
     "KnownResource",
     "Offline",
     "OfflineMessage",
+    "RoomRecord",
+    "Rooms",
     "RosterItem",
     "Rosters",
     "Storage",
@@ -66,6 +71,27 @@ class KnownResource:
 
     resource: str
     last_seen: float
+
+
+@dataclass(slots=True)
+class RoomRecord:
+    """A multi-user chat room as stored (``muc.service``): what a restart or another node needs.
+
+    ``config`` is ``RoomConfig.to_dict()``, ``affiliations`` maps bare JIDs to owner|admin|member|
+    outcast, ``occupants`` is ``Room.occupants_snapshot()`` (a mirror of who is in the room now, so
+    another node can take the room over when the one holding it dies), ``node`` the mesh member that
+    holds the room in memory now (None: nobody; it is loaded again on the next stanza). Every value
+    in ``config`` and ``occupants`` must survive a JSON round trip.
+    """
+
+    jid: str  # bare room JID
+    config: dict[str, Any] = field(default_factory=dict)
+    affiliations: dict[str, str] = field(default_factory=dict)
+    subject: str | None = None
+    subject_by: str | None = None
+    persistent: bool = False
+    occupants: list[dict[str, Any]] = field(default_factory=list)
+    node: str | None = None
 
 
 @runtime_checkable
@@ -178,12 +204,36 @@ class Offline(Protocol):
         ...
 
 
+@runtime_checkable
+class Rooms(Protocol):
+    async def get(self, room: str) -> RoomRecord | None:
+        """The record of the bare room JID ``room`` (a copy), or None."""
+        ...
+
+    async def put(self, record: RoomRecord) -> None:
+        """Upsert by ``record.jid``; every field is replaced."""
+        ...
+
+    async def delete(self, room: str) -> bool:
+        """Forget ``room``; ``False`` if it was not stored."""
+        ...
+
+    async def set_occupants(self, room: str, occupants: list[dict[str, Any]], node: str | None) -> bool:
+        """Replace only the occupant mirror and holder of a stored room (cheaper than ``put``);
+        ``False`` (nothing stored) if the room is not stored."""
+        ...
+
+    async def list(self) -> list[str]:
+        """Every stored room JID, sorted."""
+        ...
+
+
 class StorageClosedError(RuntimeError):
     """A backend that needs ``open()`` was used before it or after ``close()``."""
 
 
 class Storage:
-    """What callers hold (``ctx.storage``). Backends subclass this and set the three parts.
+    """What callers hold (``ctx.storage``). Backends subclass this and set the four parts.
 
     ``open()`` must be awaited before use and ``close()`` after; ``async with storage:``
     does both.
@@ -192,6 +242,7 @@ class Storage:
     accounts: Accounts
     rosters: Rosters
     offline: Offline
+    rooms: Rooms
 
     async def open(self) -> None:
         raise NotImplementedError

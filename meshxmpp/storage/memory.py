@@ -10,18 +10,24 @@ Unlike SQLite it may be used without ``open()``: tests build it and go.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from meshxmpp.storage.base import KnownResource, OfflineMessage, RosterItem, Storage
+from meshxmpp.storage.base import KnownResource, OfflineMessage, RoomRecord, RosterItem, Storage
 
 if TYPE_CHECKING:
     from meshxmpp.c2s.sasl import ScramCredentials
 
 __all__ = ["MemoryStorage"]
+
+
+def _copy_room(record: RoomRecord) -> RoomRecord:
+    # Deep: config and occupants are nested JSON-like values the caller may mutate.
+    return copy.deepcopy(record)
 
 
 def _copy_item(item: RosterItem) -> RosterItem:
@@ -37,6 +43,7 @@ class _State:
         # all-resources delivery: user -> resource -> last seen; message id -> resources that had it
         self.resources: dict[str, dict[str, float]] = {}
         self.delivered: dict[int, set[str]] = {}
+        self.rooms: dict[str, RoomRecord] = {}
         # Like SQLite AUTOINCREMENT: ids grow across users and are never reused.
         self.ids = itertools.count(1)
 
@@ -231,12 +238,44 @@ class MemoryOffline:
         return len(self._drop(user, {m.id for m in self._s.offline.get(user, ()) if m.stamp < before}))
 
 
+class MemoryRooms:
+    def __init__(self, state: _State) -> None:
+        self._s = state
+
+    async def get(self, room: str) -> RoomRecord | None:
+        await trio.lowlevel.checkpoint()
+        record = self._s.rooms.get(room)
+        return None if record is None else _copy_room(record)
+
+    async def put(self, record: RoomRecord) -> None:
+        await trio.lowlevel.checkpoint()
+        self._s.rooms[record.jid] = _copy_room(record)
+
+    async def delete(self, room: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        return self._s.rooms.pop(room, None) is not None
+
+    async def set_occupants(self, room: str, occupants: list[dict[str, Any]], node: str | None) -> bool:
+        await trio.lowlevel.checkpoint()
+        record = self._s.rooms.get(room)
+        if record is None:
+            return False
+        record.occupants = copy.deepcopy(occupants)
+        record.node = node
+        return True
+
+    async def list(self) -> list[str]:
+        await trio.lowlevel.checkpoint()
+        return sorted(self._s.rooms)
+
+
 class MemoryStorage(Storage):
     def __init__(self) -> None:
         state = _State()
         self.accounts = MemoryAccounts(state)
         self.rosters = MemoryRosters(state)
         self.offline = MemoryOffline(state)
+        self.rooms = MemoryRooms(state)
 
     async def open(self) -> None:
         await trio.lowlevel.checkpoint()

@@ -38,7 +38,14 @@ import trio
 from sqlite_utils import Database
 
 from meshxmpp.c2s.sasl import ScramCredentials
-from meshxmpp.storage.base import KnownResource, OfflineMessage, RosterItem, Storage, StorageClosedError
+from meshxmpp.storage.base import (
+    KnownResource,
+    OfflineMessage,
+    RoomRecord,
+    RosterItem,
+    Storage,
+    StorageClosedError,
+)
 
 __all__ = ["BUSY_RETRY_FOR", "BUSY_TIMEOUT", "MIGRATIONS", "SchemaError", "SqliteStorage", "migrate", "schema_version"]
 
@@ -167,7 +174,24 @@ def _m2_offline_all_resources(db: Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [_m1_initial, _m2_offline_all_resources]
+def _m3_rooms(db: Database) -> None:
+    # Multi-user chat rooms (docs/muc.md). config, affiliations and occupants are JSON: their
+    # shape belongs to muc.room and changes with it, and they are always read and written whole.
+    # occupants/node are the failover mirror, rewritten on every join and leave (set_occupants).
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS rooms ("
+        " jid TEXT PRIMARY KEY NOT NULL,"
+        " config_json TEXT NOT NULL,"
+        " affiliations_json TEXT NOT NULL,"
+        " subject TEXT,"
+        " subject_by TEXT,"
+        " persistent INTEGER NOT NULL,"
+        " occupants_json TEXT NOT NULL,"
+        " node TEXT) WITHOUT ROWID"
+    )
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_m1_initial, _m2_offline_all_resources, _m3_rooms]
 
 
 def schema_version(db: Database) -> int:
@@ -262,6 +286,36 @@ def _item_from_row(row: dict[str, Any]) -> RosterItem:
         approved=bool(row["approved"]),
         groups=tuple(json.loads(row["groups_json"])),
         hidden=bool(row["hidden"]),
+    )
+
+
+_ROOM_COLUMNS = "jid, config_json, affiliations_json, subject, subject_by, persistent, occupants_json, node"
+
+
+def _room_to_row(record: RoomRecord) -> tuple[Any, ...]:
+    return (
+        record.jid,
+        json.dumps(record.config, sort_keys=True),
+        json.dumps(record.affiliations, sort_keys=True),
+        record.subject,
+        record.subject_by,
+        int(record.persistent),
+        json.dumps(record.occupants, sort_keys=True),
+        record.node,
+    )
+
+
+def _room_from_row(row: tuple[Any, ...]) -> RoomRecord:
+    jid, config, affiliations, subject, subject_by, persistent, occupants, node = row
+    return RoomRecord(
+        jid=str(jid),
+        config=json.loads(config),
+        affiliations=json.loads(affiliations),
+        subject=subject,
+        subject_by=subject_by,
+        persistent=bool(persistent),
+        occupants=json.loads(occupants),
+        node=node,
     )
 
 
@@ -565,6 +619,50 @@ class SqliteOffline:
         return await self._run(op)
 
 
+class SqliteRooms:
+    def __init__(self, storage: SqliteStorage) -> None:
+        self._run = storage._run
+
+    async def get(self, room: str) -> RoomRecord | None:
+        def op(db: Database) -> RoomRecord | None:
+            row = db.execute(f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE jid = ?", [room]).fetchone()
+            return None if row is None else _room_from_row(tuple(row))
+
+        return await self._run(op)
+
+    async def put(self, record: RoomRecord) -> None:
+        row = _room_to_row(record)  # serialised here: a bad value fails in the caller, not the worker
+
+        def op(db: Database) -> None:
+            with _transaction(db):
+                db.execute(f"INSERT OR REPLACE INTO rooms ({_ROOM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+
+        await self._run(op)
+
+    async def delete(self, room: str) -> bool:
+        def op(db: Database) -> bool:
+            with _transaction(db):
+                return db.execute("DELETE FROM rooms WHERE jid = ?", [room]).rowcount == 1
+
+        return await self._run(op)
+
+    async def set_occupants(self, room: str, occupants: list[dict[str, Any]], node: str | None) -> bool:
+        blob = json.dumps(occupants, sort_keys=True)
+
+        def op(db: Database) -> bool:
+            with _transaction(db):
+                cur = db.execute("UPDATE rooms SET occupants_json = ?, node = ? WHERE jid = ?", [blob, node, room])
+                return cur.rowcount == 1
+
+        return await self._run(op)
+
+    async def list(self) -> list[str]:
+        def op(db: Database) -> list[str]:
+            return [str(r[0]) for r in db.execute("SELECT jid FROM rooms ORDER BY jid")]
+
+        return await self._run(op)
+
+
 class SqliteStorage(Storage):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -577,6 +675,7 @@ class SqliteStorage(Storage):
         self.accounts = SqliteAccounts(self)
         self.rosters = SqliteRosters(self)
         self.offline = SqliteOffline(self)
+        self.rooms = SqliteRooms(self)
 
     async def _run(self, fn: Callable[[Database], T]) -> T:
         """Run ``fn(db)`` in the worker thread; the only way anything touches the connection.

@@ -17,7 +17,10 @@ reused, ``Offline.delete`` ignores other users' and unknown ids; for all-resourc
 ``mark_delivered`` deletes a message only once some resource and every known one had it
 (or it expired), and delivery records and known resources go with their message / account;
 ``take`` and ``claim`` are atomic claims (concurrent callers get disjoint sets whose union is
-everything), ``restore`` / ``release`` undo them.
+everything), ``restore`` / ``release`` undo them. Rooms (``docs/muc.md``): records round-trip
+whole (nested JSON values, None and non-ASCII included), ``list()`` is sorted, results are
+copies, ``set_occupants`` changes only the mirror and holder and ignores rooms not stored, and
+rooms are independent of accounts.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from meshxmpp.c2s.sasl import ScramCredentials
-from meshxmpp.storage.base import KnownResource, OfflineMessage, RosterItem, Storage
+from meshxmpp.storage.base import KnownResource, OfflineMessage, RoomRecord, RosterItem, Storage
 
 __all__ = [
     "STORAGE_CHECKS",
@@ -50,6 +53,10 @@ __all__ = [
     "check_offline_quota",
     "check_offline_take",
     "check_offline_take_concurrent",
+    "check_rooms_concurrent",
+    "check_rooms_crud",
+    "check_rooms_occupant_mirror",
+    "check_rooms_round_trip",
     "check_roster_groups",
     "check_roster_hidden",
     "check_roster_items",
@@ -805,6 +812,131 @@ async def check_concurrent_writes(make_storage: MakeStorage) -> None:
         assert await s.accounts.list() == [CAROL]
 
 
+# --- rooms -------------------------------------------------------------------------------
+
+ROOM = "lounge@conference.example.org"
+ROOM2 = "attic@conference.example.org"
+
+
+def _room(jid: str = ROOM, **kw: object) -> RoomRecord:
+    record = RoomRecord(
+        jid=jid,
+        config={"name": "The Lounge", "description": "", "persistent": True, "public": True,
+                "members_only": False, "password": None, "anonymity": "semi", "history_size": 20,
+                "max_users": 0},
+        affiliations={ALICE: "owner", BOB: "member", CAROL: "outcast"},
+        subject="Welcome",
+        subject_by="alice",
+        persistent=True,
+        occupants=[
+            {"nick": "alice", "role": "moderator", "jids": [f"{ALICE}/laptop", f"{ALICE}/phone"],
+             "presence": {"show": "away", "status": "busy"}},
+            {"nick": "bob", "role": "participant", "jids": [f"{BOB}/desk"], "presence": None},
+        ],
+        node="node1",
+    )
+    for key, value in kw.items():
+        setattr(record, key, value)
+    return record
+
+
+async def check_rooms_crud(make_storage: MakeStorage) -> None:
+    async with _opened(make_storage) as s:
+        rooms = s.rooms
+        assert await rooms.list() == []
+        assert await rooms.get(ROOM) is None
+        assert await rooms.delete(ROOM) is False
+
+        await rooms.put(_room())
+        assert await rooms.get(ROOM) == _room()
+        await rooms.put(_room(ROOM2, persistent=False, subject=None, subject_by=None, node=None))
+        assert await rooms.list() == [ROOM2, ROOM], "sorted"
+
+        # put replaces every field
+        replaced = _room(config={"name": "Renamed"}, affiliations={BOB: "owner"}, subject=None,
+                         subject_by=None, persistent=False, occupants=[], node=None)
+        await rooms.put(replaced)
+        assert await rooms.get(ROOM) == replaced
+
+        assert await rooms.delete(ROOM) is True
+        assert await rooms.get(ROOM) is None
+        assert await rooms.delete(ROOM) is False
+        assert await rooms.list() == [ROOM2]
+
+
+async def check_rooms_round_trip(make_storage: MakeStorage) -> None:
+    async with _opened(make_storage) as s:
+        odd = _room(
+            config={"name": "Ünïcödé 🙂 <&'\">", "nested": {"a": [1, 2.5, None, True, "x"]}, "empty": {}},
+            affiliations={"δ@example.org": "admin"},
+            subject="line one\nline two\x00?",
+            subject_by="nick with spaces",
+            occupants=[{"nick": "ø", "jids": ["ø@example.org/ü"], "n": 3, "f": 0.5, "none": None}],
+        )
+        await s.rooms.put(odd)
+        got = await s.rooms.get(ROOM)
+        assert got == odd
+        assert got is not None and isinstance(got.persistent, bool)
+
+        # results are copies: mutating one changes nothing stored
+        got.config["name"] = "changed"
+        got.affiliations.clear()
+        got.occupants[0]["nick"] = "changed"
+        got.occupants.append({"nick": "ghost"})
+        got.subject = "changed"
+        assert await s.rooms.get(ROOM) == odd
+        # and what was put is not aliased either
+        odd.occupants.clear()
+        assert (await s.rooms.get(ROOM)) == _room(
+            config={"name": "Ünïcödé 🙂 <&'\">", "nested": {"a": [1, 2.5, None, True, "x"]}, "empty": {}},
+            affiliations={"δ@example.org": "admin"},
+            subject="line one\nline two\x00?",
+            subject_by="nick with spaces",
+            occupants=[{"nick": "ø", "jids": ["ø@example.org/ü"], "n": 3, "f": 0.5, "none": None}],
+        )
+
+
+async def check_rooms_occupant_mirror(make_storage: MakeStorage) -> None:
+    async with _opened(make_storage) as s:
+        rooms = s.rooms
+        # a room that is not stored: nothing happens
+        assert await rooms.set_occupants(ROOM, [{"nick": "x"}], "node2") is False
+        assert await rooms.get(ROOM) is None and await rooms.list() == []
+
+        await rooms.put(_room())
+        mirror = [{"nick": "carol", "role": "visitor", "jids": [f"{CAROL}/a"], "presence": None}]
+        assert await rooms.set_occupants(ROOM, mirror, "node2") is True
+        got = await rooms.get(ROOM)
+        assert got == _room(occupants=mirror, node="node2"), "only the mirror and holder change"
+        mirror.append({"nick": "late"})
+        assert (await rooms.get(ROOM)) == _room(occupants=mirror[:1], node="node2"), "not aliased"
+
+        assert await rooms.set_occupants(ROOM, [], None) is True
+        assert await rooms.get(ROOM) == _room(occupants=[], node=None)
+
+        # rooms are not tied to accounts: deleting the owner's account keeps them
+        await s.accounts.create(ALICE, _creds(1))
+        assert await s.accounts.delete(ALICE) is True
+        assert await rooms.list() == [ROOM]
+
+
+async def check_rooms_concurrent(make_storage: MakeStorage) -> None:
+    async with _opened(make_storage) as s:
+        rooms = [f"room{i:02}@conference.example.org" for i in range(20)]
+
+        async def one(jid: str, i: int) -> None:
+            await s.rooms.put(_room(jid, subject=f"s{i}"))
+            for k in range(3):
+                assert await s.rooms.set_occupants(jid, [{"nick": f"n{k}"}], f"node{k}")
+
+        async with trio.open_nursery() as nursery:
+            for i, jid in enumerate(rooms):
+                nursery.start_soon(one, jid, i)
+        assert await s.rooms.list() == rooms
+        for i, jid in enumerate(rooms):
+            assert await s.rooms.get(jid) == _room(jid, subject=f"s{i}", occupants=[{"nick": "n2"}], node="node2")
+
+
 STORAGE_CHECKS: tuple[Callable[[MakeStorage], Awaitable[None]], ...] = (
     check_accounts_crud,
     check_credentials_round_trip,
@@ -828,6 +960,10 @@ STORAGE_CHECKS: tuple[Callable[[MakeStorage], Awaitable[None]], ...] = (
     check_account_delete_cascades,
     check_user_isolation,
     check_concurrent_writes,
+    check_rooms_crud,
+    check_rooms_round_trip,
+    check_rooms_occupant_mirror,
+    check_rooms_concurrent,
 )
 
 
