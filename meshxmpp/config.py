@@ -917,6 +917,12 @@ class HTTPConfig:
         check=_is_admin_token,
         unset="unset (loopback only)",
     )
+    ready_timeout: float = _opt(
+        2.0,
+        doc="Seconds GET /readyz waits for storage to answer before it reports the node not ready (503).",
+        expect=_POSITIVE,
+        check=lambda v: v > 0,
+    )
 
 
 @attrs.define(frozen=True, kw_only=True)

@@ -102,7 +102,7 @@ class Node:
                         self.c2s_tls = C2SListener(ctx, direct_tls=True)
                         await nursery.start(self.c2s_tls.run)
                     if config.http.enabled:
-                        self.http = HttpServer(ctx, bind=config.http.bind, port=config.http.port)
+                        self.http = HttpServer(ctx, bind=config.http.bind, port=config.http.port, node=self)
                         await nursery.start(self.http.run)
                     if self._want_signals():
                         nursery.start_soon(self._signals)

@@ -1,6 +1,8 @@
-"""The HTTP side of a node: health check and admin API on h11 and Trio (``[http]``).
+"""The HTTP side of a node: health checks, metrics and the admin API on h11 and Trio (``[http]``).
 
-`server.HttpServer` is the Trio glue, `api` the routes as plain functions ``Request -> Response``.
+`server.HttpServer` is the Trio glue, `api` the routes as plain functions ``Request -> Response``
+(`admin` the admin API's write side, `metrics` the Prometheus/OpenMetrics exposition);
+docs/operations.md describes them for operators.
 """
 
 from __future__ import annotations

@@ -1,15 +1,21 @@
 """HTTP routes as plain functions ``(ctx, Request) -> Response``; no sockets, no h11 here.
 
 ``http.server`` turns bytes into a `Request` and a `Response` back into bytes; `handle` picks the
-route, checks access to ``/api/*`` and turns `HTTPError` into a JSON error. Routes:
+route, checks access to ``/api/*`` and turns `HTTPError` into a JSON error
+``{"error": message, "status": code}``. Routes (docs/operations.md has them with examples):
 
 - ``GET /healthz``: 200 ``ok`` while the node runs (liveness); never needs a token.
-- ``GET /api/explain?to=JID[&type=chat][&from=JID]``: what the routing policy would do with a
-  message of that type to ``to`` right now, as JSON (`explain_report`); `explain_text` renders it
-  for ``meshxmpp explain``.
+- ``GET /readyz``: 200 when storage answers within ``[http] ready_timeout`` and, with a mesh, the
+  node has joined it; else 503 naming the failed check (`readyz`). Never needs a token.
+- ``GET /metrics``: Prometheus text or OpenMetrics (`http.metrics`). Never needs a token.
+- ``GET /api/explain?to=JID[&type=chat][&from=JID]`` or ``POST /api/explain`` with the same fields
+  as a JSON object: what the routing policy would do with a message of that type to ``to`` right
+  now, as JSON (`explain_report`); `explain_text` renders it for ``meshxmpp explain``.
 - ``GET /api/cluster``: the mesh as this node sees it (``ctx.mesh.status()``: node, epoch, members,
   sessions, forwarding), as JSON; 404 ``{"error": "mesh disabled"}`` when the node runs without a
   mesh. `cluster_text` renders it for ``meshxmpp cluster status``.
+- ``POST /api/send``, ``GET /api/sessions?jid=``, ``POST /api/users``, ``DELETE /api/users/JID``:
+  `http.admin`.
 
 Access to ``/api/*``: with ``[http] admin_token`` set, ``Authorization: Bearer TOKEN`` (401
 otherwise); without it, only clients on a loopback address (403 otherwise).
@@ -21,12 +27,28 @@ import hashlib
 import hmac
 import inspect
 import ipaddress
-import json
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from meshxmpp.jid import JID, InvalidJID
+import trio
+
+from meshxmpp.http import admin
+from meshxmpp.http import metrics as metrics_module
+from meshxmpp.http._base import (
+    JSON,
+    TEXT,
+    HTTPError,
+    Request,
+    Response,
+    error_response,
+    json_body,
+    json_response,
+    param,
+    parse_jid,
+    text_field,
+)
+from meshxmpp.jid import JID
 from meshxmpp.routing import policy
 from meshxmpp.routing.facts import MESSAGE_TYPES, facts_from_element
 from meshxmpp.xml import ns
@@ -37,8 +59,12 @@ if TYPE_CHECKING:
     from meshxmpp.context import NodeContext
 
 __all__ = [
+    "JSON",
     "MESH_DISABLED",
+    "PREFIX_ROUTES",
+    "READY_PROBE",
     "ROUTES",
+    "TEXT",
     "HTTPError",
     "Request",
     "Response",
@@ -53,50 +79,15 @@ __all__ = [
     "healthz",
     "is_loopback",
     "json_response",
+    "readyz",
 ]
 
-JSON = "application/json"
-TEXT = "text/plain; charset=utf-8"
+log = logging.getLogger("meshxmpp.http")
+
 #: The error of ``GET /api/cluster`` (404) on a node without a mesh; `meshxmpp cluster` matches it.
 MESH_DISABLED = "mesh disabled"
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    method: str  #: "GET", "HEAD", ...
-    path: str  #: the target's path, not decoded: "/api/explain"
-    query: Mapping[str, Sequence[str]] = field(default_factory=dict)  #: decoded, every value of a name
-    headers: Mapping[str, str] = field(default_factory=dict)  #: lowercase names; repeats joined by ", "
-    body: bytes = b""
-    peer: str = ""  #: the client's IP address ("" when unknown)
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    status: int
-    body: bytes = b""
-    content_type: str = JSON
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-class HTTPError(Exception):
-    """Raised by a route: answered as ``{"error": message, "status": status}``."""
-
-    def __init__(self, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers
-
-
-def json_response(obj: Any, status: int = 200, headers: tuple[tuple[str, str], ...] = ()) -> Response:
-    body = json.dumps(obj, ensure_ascii=False, indent=2).encode("utf-8") + b"\n"
-    return Response(status, body, JSON, headers)
-
-
-def error_response(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:
-    return json_response({"error": message, "status": status}, status, headers)
-
+#: The account `readyz` asks storage about: any answer (it need not exist) proves storage works.
+READY_PROBE = "readyz-probe@meshxmpp.invalid"
 
 Route = Callable[["NodeContext", Request], Awaitable[Response]]
 
@@ -135,47 +126,79 @@ def authorize(http: HTTPConfig, request: Request) -> None:
                         (("WWW-Authenticate", 'Bearer realm="meshxmpp"'),))
 
 
-# -- routes ---------------------------------------------------------------------------------------
+# -- health -----------------------------------------------------------------------------------------
 
 
 async def healthz(ctx: NodeContext, request: Request) -> Response:
     return Response(200, b"ok", TEXT)
 
 
-def _param(request: Request, name: str) -> str | None:
-    values = request.query.get(name)
-    if not values:
-        return None
-    if len(values) > 1:
-        raise HTTPError(400, f"parameter {name!r} given {len(values)} times")
-    return values[0]
-
-
-def _jid(text: str, name: str) -> JID:
+async def _storage_check(ctx: NodeContext) -> str | None:
+    """None when storage answered a read within ``[http] ready_timeout``; else why not (no exception
+    text: the answer goes to unauthenticated clients, the log gets the detail)."""
+    timeout = ctx.config.http.ready_timeout
     try:
-        return JID.parse(text)
-    except InvalidJID as exc:
-        raise HTTPError(400, f"parameter {name!r} is not a valid JID: {exc}") from None
+        with trio.move_on_after(timeout):
+            await ctx.storage.accounts.exists(READY_PROBE)
+            return None
+    except Exception as exc:
+        log.warning("readyz: storage check failed: %r", exc)
+        return f"storage failed: {type(exc).__name__}"
+    log.warning("readyz: storage did not answer within %.1f s", timeout)
+    return f"storage did not answer within {timeout:g} s"
 
 
-async def explain(ctx: NodeContext, request: Request) -> Response:
-    """``GET /api/explain?to=JID&type=chat&from=JID``: the policy decision for such a message now."""
-    to_text = _param(request, "to")
+async def readyz(ctx: NodeContext, request: Request) -> Response:
+    """``GET /readyz``: 200 when storage answers within ``[http] ready_timeout`` and, with a mesh,
+    the node has joined it (a seed answered with the cluster's directory); else 503 with
+    ``{"error": ..., "status": 503, "checks": {name: {"ok": bool, "error"?: str}}}``."""
+    checks: dict[str, dict[str, Any]] = {}
+    storage_error = await _storage_check(ctx)
+    checks["storage"] = {"ok": True} if storage_error is None else {"ok": False, "error": storage_error}
+    mesh = getattr(ctx, "mesh", None)
+    if mesh is not None:
+        joined = mesh.joined.is_set()
+        checks["mesh"] = {"ok": True} if joined else {"ok": False, "error": "not joined to the mesh yet"}
+    failed = [name for name, check in checks.items() if not check["ok"]]
+    if not failed:
+        return json_response({"status": 200, "ready": True, "checks": checks})
+    reasons = "; ".join(checks[name]["error"] for name in failed)
+    return json_response({"error": f"not ready: {reasons}", "status": 503, "ready": False, "failed": failed,
+                          "checks": checks}, 503)
+
+
+# -- explain and cluster ----------------------------------------------------------------------------
+
+
+async def _explain(ctx: NodeContext, to_text: str | None, type_: str | None, from_text: str | None,
+                   what: str) -> Response:
     if not to_text:
-        raise HTTPError(400, "parameter 'to' is required (a JID of this node's domain)")
-    type_ = _param(request, "type") or "chat"
+        raise HTTPError(400, f"{what} 'to' is required (a JID of this node's domain)")
+    type_ = type_ or "chat"
     if type_ not in MESSAGE_TYPES:
-        raise HTTPError(400, f"parameter 'type' must be one of {', '.join(sorted(MESSAGE_TYPES))}")
-    to = _jid(to_text, "to")
+        raise HTTPError(400, f"{what} 'type' must be one of {', '.join(sorted(MESSAGE_TYPES))}")
+    to = parse_jid(to_text, "to", what)
     if to.local is None or to.domain != ctx.domain:
-        raise HTTPError(400, f"parameter 'to' must be an account of this node's domain ({ctx.domain})")
-    from_text = _param(request, "from")
-    sender = _jid(from_text, "from") if from_text else None
+        raise HTTPError(400, f"{what} 'to' must be an account of this node's domain ({ctx.domain})")
+    sender = parse_jid(from_text, "from", what) if from_text else None
     exists = await ctx.storage.accounts.exists(str(to.bare))
     # Read after the await, as the router does: the sessions as they are now.
     sessions = ctx.router.sessions_of(to.bare)
     return json_response(explain_report(to, type_, sender, sessions, ctx.router.policy_config,
                                         account_exists=exists))
+
+
+async def explain(ctx: NodeContext, request: Request) -> Response:
+    """``GET /api/explain?to=JID&type=chat&from=JID``: the policy decision for such a message now."""
+    return await _explain(ctx, param(request, "to"), param(request, "type"), param(request, "from"),
+                          "parameter")
+
+
+async def explain_post(ctx: NodeContext, request: Request) -> Response:
+    """``POST /api/explain`` with ``{"to": JID, "type": "chat", "from": JID}``: as the GET."""
+    data = json_body(request, {"to": True, "type": False, "from": False})
+    return await _explain(ctx, text_field(data, "to"), text_field(data, "type"), text_field(data, "from"),
+                          "field")
 
 
 async def cluster(ctx: NodeContext, request: Request) -> Response:
@@ -191,9 +214,27 @@ async def cluster(ctx: NodeContext, request: Request) -> Response:
 
 ROUTES: Mapping[str, Mapping[str, Route]] = {
     "/healthz": {"GET": healthz},
-    "/api/explain": {"GET": explain},
+    "/readyz": {"GET": readyz},
+    "/metrics": {"GET": metrics_module.metrics},
+    "/api/explain": {"GET": explain, "POST": explain_post},
     "/api/cluster": {"GET": cluster},
+    "/api/send": {"POST": admin.send},
+    "/api/sessions": {"GET": admin.sessions},
+    "/api/users": {"POST": admin.create_user},
 }
+#: Routes for every path under a prefix (the rest of the path is the route's to read).
+PREFIX_ROUTES: Mapping[str, Mapping[str, Route]] = {
+    "/api/users/": {"DELETE": admin.delete_user},
+}
+
+
+def _methods(path: str) -> Mapping[str, Route] | None:
+    methods = ROUTES.get(path)
+    if methods is None:
+        for prefix, routes in PREFIX_ROUTES.items():
+            if path.startswith(prefix) and len(path) > len(prefix):
+                return routes
+    return methods
 
 
 async def handle(ctx: NodeContext, request: Request) -> Response:
@@ -202,12 +243,12 @@ async def handle(ctx: NodeContext, request: Request) -> Response:
     try:
         if path == "/api" or path.startswith("/api/"):
             authorize(ctx.config.http, request)
-        methods = ROUTES.get(path)
+        methods = _methods(path)
         if methods is None:
             raise HTTPError(404, f"no such resource: {path}")
         route = methods.get("GET" if request.method == "HEAD" else request.method)
         if route is None:
-            allowed = sorted(methods) + (["HEAD"] if "GET" in methods else [])
+            allowed = sorted([*methods, *(["HEAD"] if "GET" in methods else [])])
             raise HTTPError(405, f"method {request.method} is not allowed on {path}",
                             (("Allow", ", ".join(allowed)),))
         return await route(ctx, request)

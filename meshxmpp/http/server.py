@@ -14,6 +14,9 @@ h11 is the protocol (sans-IO); this module only moves bytes and enforces limits:
   ``send_failed()`` and ends the connection.
 
 The routes are `http.api` functions; a test can pass any ``handler`` (``Request -> Response``).
+With the default routes the server also counts what ``/metrics`` shows of it: its own requests, the
+messages handed to offline storage and (given the ``node``) its client listeners' statistics, added
+through the hub event ``metrics/collect``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import trio
 
 from meshxmpp.http import api
 from meshxmpp.http.api import Request, Response, error_response
+from meshxmpp.http.metrics import COLLECT_EVENT, Collection, Family, OfflineCounter
 
 if TYPE_CHECKING:
     from meshxmpp.context import NodeContext
@@ -77,7 +81,8 @@ class HttpServer:
 
     ``handler`` answers each request; by default `api.handle` on ``ctx`` (so ``ctx`` may be None
     only with a handler). ``timeout`` bounds each read and write, ``request_timeout`` each whole
-    request and each handler call.
+    request and each handler call. ``node`` (the `meshxmpp.node.Node`, settable later as
+    ``server.node``) lets ``/metrics`` read the client and component listeners' statistics.
     """
 
     def __init__(
@@ -91,14 +96,21 @@ class HttpServer:
         request_timeout: float = REQUEST_TIMEOUT,
         max_header_size: int = MAX_HEADER_SIZE,
         max_body_size: int = MAX_BODY_SIZE,
+        node: Any = None,
     ) -> None:
         self.ctx = ctx
+        self.node = node
+        self.offline: OfflineCounter | None = None
         self.bind = bind
         self.port = port  # the bound port once run() has started
         if handler is None:
             if ctx is None:
                 raise ValueError("HttpServer needs a NodeContext or a handler")
             handler = functools.partial(api.handle, ctx)
+            hub = getattr(ctx, "hub", None)
+            if hub is not None:
+                self.offline = OfflineCounter(hub)
+                hub.hook(COLLECT_EVENT, self._collect)
         self.handler: Handler = handler
         self.timeout = timeout
         self.request_timeout = request_timeout
@@ -150,6 +162,34 @@ class HttpServer:
     def statistics(self) -> HttpStatistics:
         return HttpStatistics(port=self.port, accepted=self._accepted, active=self._active,
                               requests=self._requests)
+
+    def _collect(self, collection: Collection) -> None:
+        """``metrics/collect``: this listener, the offline hand-offs, and the node's other listeners."""
+        stats = self.statistics()
+        collection.add(Family.one("http_connections", "gauge", "Open HTTP connections.", stats.active))
+        collection.add(Family.one("http_requests", "counter", "HTTP requests read.", stats.requests))
+        if self.offline is not None:
+            collection.extend(self.offline.families())
+        node = self.node
+        if node is None:
+            return
+        listeners = {"starttls": getattr(node, "c2s", None), "direct-tls": getattr(node, "c2s_tls", None)}
+        c2s = {name: listener.statistics() for name, listener in listeners.items() if listener is not None}
+        if c2s:
+            collection.add(Family.by("c2s_connections", "gauge", "Open client connections (bound or not), "
+                                     "by listener.", "listener", {k: s.active for k, s in c2s.items()}))
+            collection.add(Family.by("c2s_connections_accepted", "counter", "Client connections accepted, "
+                                     "by listener.", "listener", {k: s.accepted for k, s in c2s.items()}))
+            collection.add(Family.one("c2s_auth_failures", "counter", "Failed client logins (SASL "
+                                      "not-authorized: unknown user or wrong password).",
+                                      sum(s.auth_failures for s in c2s.values())))
+        components = getattr(node, "components", None)
+        if components is not None:
+            cs = components.statistics()
+            collection.add(Family.one("component_connections", "gauge", "Open external component "
+                                      "connections.", getattr(cs, "active", 0)))
+            collection.add(Family.one("component_handshake_failures", "counter", "Failed component "
+                                      "handshakes.", getattr(cs, "handshake_failures", 0)))
 
 
 def _to_request(event: h11.Request, body: bytes, peer: str) -> Request:
@@ -296,13 +336,14 @@ class _Connection:
 
     async def _send_response(self, response: Response, *, close: bool = False) -> None:
         headers = self._headers()
-        headers.append((b"Content-Type", response.content_type.encode("latin-1")))
-        headers.append((b"Content-Length", str(len(response.body)).encode("ascii")))
+        if response.status not in (204, 304):  # RFC 9110 8.6: neither carries a body or its length
+            headers.append((b"Content-Type", response.content_type.encode("latin-1")))
+            headers.append((b"Content-Length", str(len(response.body)).encode("ascii")))
         headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
         if close:
             headers.append((b"Connection", b"close"))
         await self._send_event(h11.Response(status_code=response.status, headers=headers))
-        if response.body and self.method != b"HEAD":  # h11 frames a HEAD answer without a body
+        if response.body and self.method != b"HEAD" and response.status not in (204, 304):  # h11 frames a HEAD answer without a body
             await self._send_event(h11.Data(data=response.body))
         await self._send_event(h11.EndOfMessage())
 

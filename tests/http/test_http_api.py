@@ -172,9 +172,9 @@ async def test_explain_uses_the_per_sender_policy() -> None:
 async def test_head_and_405_through_handle() -> None:
     async with testing.node() as n:
         head = await api.handle(n.ctx, get("/healthz", method="HEAD"))
-        post = await api.handle(n.ctx, get("/api/explain", method="POST"))
+        put = await api.handle(n.ctx, get("/api/explain", method="PUT"))
     assert head.status == 200
-    assert (post.status, dict(post.headers)) == (405, {"Allow": "GET, HEAD"})
+    assert (put.status, dict(put.headers)) == (405, {"Allow": "GET, HEAD, POST"})
 
 
 # -- /api/cluster ---------------------------------------------------------------------------------------
