@@ -206,6 +206,44 @@ class TestClient:
             lambda r: r.name == "iq" and r.attrs.get("id") == iq_id and r.attrs.get("type") in ("result", "error"),
             timeout=timeout, what=f"iq reply {iq_id}")
 
+    async def send_message(self, to: str, body: str, *, type_: str = "chat", id_: str | None = None) -> None:
+        """Send ``<message to type><body/></message>`` (the server stamps our full JID as ``from``)."""
+        el = Element("message", ns.CLIENT, {"to": to, "type": type_})
+        if id_ is not None:
+            el.set("id", id_)
+        el.add("body", ns.CLIENT, text=body)
+        await self.send(el)
+
+    async def send_presence(self, *, to: str | None = None, type_: str | None = None,
+                            priority: int | None = None) -> None:
+        """Send a presence: available broadcast by default, or ``type_`` (subscribe, unavailable...)."""
+        el = Element("presence", ns.CLIENT, {})
+        if to is not None:
+            el.set("to", to)
+        if type_ is not None:
+            el.set("type", type_)
+        if priority is not None:
+            el.add("priority", ns.CLIENT, text=str(priority))
+        await self.send(el)
+
+    async def wait_message(self, body: str | None = None, *, from_: str | None = None,
+                           timeout: float | None = None) -> Element:
+        """The first received ``<message/>`` with this body text and/or sender (full or bare JID)."""
+        def match(el: Element) -> bool:
+            if el.name != "message":
+                return False
+            if body is not None and el.findtext("body", ns.CLIENT) != body:
+                return False
+            if from_ is not None:
+                sender = el.get("from") or ""
+                if sender != from_ and sender.split("/", 1)[0] != from_:
+                    return False
+            return True
+
+        what = "a message" + (f" with body {body!r}" if body is not None else "") + \
+            (f" from {from_}" if from_ is not None else "")
+        return await self.wait_for(match, timeout=timeout, what=what)
+
     async def ping(self) -> None:
         """Round trip to the server: everything the server sent before the pong has arrived."""
         reply = await self.iq(Element("iq", ns.CLIENT, {"type": "get", "to": self.domain},

@@ -4,13 +4,16 @@ Every node listens on free loopback ports (client, HTTP and mesh), shares one te
 (each node with its own connection, as nodes on one host do), and uses the ``test``
 timing profile; node ``i`` is named ``node{i}`` and joins through node 0. Faults: `kill` (abrupt: no
 leave, no stream errors, as a crash), `stop` (graceful), `restart`, `partition` / `heal` (frames between
-groups are dropped on arrival). Waits (`converged`, `wait_dead`, ...) have deadlines and say what was
-missing when they fail.
+groups are dropped on arrival), `drop` (a fraction of mesh frames lost on arrival, decided by a generator
+seeded from ``c.seed``) and `delay` (mesh frames held before the node sees them, order per peer kept);
+`clear_faults` ends them all. Waits (`converged`, `wait_dead`, ...) have deadlines and say what was
+missing when they fail. docs/testing.md is the user's guide.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -21,6 +24,7 @@ import trio
 from meshxmpp.config import load_config
 from meshxmpp.node import Node
 from meshxmpp.testing._client import TestClient
+from meshxmpp.testing._faults import Delay, FrameTap
 from meshxmpp.testing._node import RunningNode, _merge
 
 __all__ = ["Cluster", "cluster"]
@@ -31,7 +35,12 @@ SECRET = "meshxmpp-testing-cluster-secret"
 class Cluster:
     """The running nodes (``c[i]`` is a `RunningNode`, None while killed or stopped) and fault injection."""
 
-    def __init__(self, nursery: trio.Nursery, tmp: str, overrides: dict[str, Any]) -> None:
+    def __init__(self, nursery: trio.Nursery, tmp: str, overrides: dict[str, Any], *,
+                 seed: int | None = None) -> None:
+        #: Seeds the generators that decide which frames `drop` loses (and `delay`'s ranges): printed in
+        #: failure messages; set it (``cluster(3, seed=7)`` or ``MESHXMPP_TEST_SEED``) to replay a choice.
+        env = os.environ.get("MESHXMPP_TEST_SEED")
+        self.seed = seed if seed is not None else int(env) if env else random.randrange(2**32)
         self._nursery = nursery
         self._tmp = tmp
         self._overrides = overrides
@@ -39,6 +48,10 @@ class Cluster:
         self._mesh_ports: list[int] = []
         self._c2s_ports: list[int] = []
         self._groups: list[set[int]] | None = None
+        self._drop: dict[int | None, float] = {}  # node index (None: every node) -> rate
+        self._delay: dict[int | None, Delay | None] = {}
+        self._taps: dict[int, FrameTap] = {}
+        self._starts = 0
 
     def __getitem__(self, i: int) -> RunningNode:
         node = self.nodes[i]
@@ -93,8 +106,11 @@ class Cluster:
         self.nodes[i] = running
         self._mesh_ports[i] = the_node.mesh.transport.port
         self._c2s_ports[i] = the_node.c2s_port
+        self._starts += 1
+        self._taps.pop(i, None)
         if self._groups is not None:
             self._apply_partition()
+        self._apply_taps()
         return running
 
     def kill(self, i: int) -> None:
@@ -123,9 +139,76 @@ class Cluster:
         self._apply_partition()
 
     def heal(self) -> None:
+        """End the partition (`drop` and `delay` stay: `clear_faults` ends everything)."""
         self._groups = None
         for i in self.live():
             self[i].node.mesh.blocked.clear()
+
+    def drop(self, rate: float = 0.1, *, nodes: Iterable[int] | None = None) -> None:
+        """Lose each mesh frame arriving at ``nodes`` (default: every node, also ones started later) with
+        probability ``rate``; ``drop(0)`` ends it. The links stay up: the mesh's own retransmissions,
+        refutations and repair have to cope, as with a lossy network."""
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"drop rate must be within [0, 1], got {rate}")
+        if nodes is None:
+            self._drop = {None: rate}
+        for i in self._targets(nodes):
+            self._drop[i] = rate
+        self._apply_taps()
+
+    def delay(self, seconds: Delay | None, *, nodes: Iterable[int] | None = None) -> None:
+        """Hold each mesh frame arriving at ``nodes`` (default: every node) for ``seconds``, or a time drawn
+        from ``(min, max)`` per frame, before the node sees it; frames from one peer stay in order.
+        ``delay(None)`` (or 0) ends it; frames already held are still delivered when due."""
+        if isinstance(seconds, tuple):
+            lo, hi = seconds
+            if not 0.0 <= lo <= hi:
+                raise ValueError(f"delay range must be 0 <= min <= max, got {seconds}")
+        elif seconds is not None and seconds < 0:
+            raise ValueError(f"delay must be >= 0, got {seconds}")
+        if nodes is None:
+            self._delay = {None: seconds or None}
+        for i in self._targets(nodes):
+            self._delay[i] = seconds or None
+        self._apply_taps()
+
+    def clear_faults(self) -> None:
+        """End every fault: partition, drop and delay."""
+        self.heal()
+        self._drop.clear()
+        self._delay.clear()
+        self._apply_taps()
+
+    def fault_stats(self) -> dict[int, dict[str, int]]:
+        """Frames each live node's tap dropped, delayed and passed (nodes without a tap are absent)."""
+        return {i: {"dropped": t.dropped, "delayed": t.delayed, "passed": t.passed}
+                for i, t in self._taps.items() if self.nodes[i] is not None}
+
+    def _targets(self, nodes: Iterable[int] | None) -> list[int]:
+        if nodes is None:
+            return []
+        out: list[int] = []
+        for i in nodes:
+            if not 0 <= i < len(self.nodes):
+                raise IndexError(f"no node {i} in a cluster of {len(self.nodes)}")
+            out.append(i)
+        return out
+
+    def _apply_taps(self) -> None:
+        for i in self.live():
+            rate = self._drop.get(i, self._drop.get(None, 0.0))
+            delay = self._delay.get(i, self._delay.get(None))
+            tap = self._taps.get(i)
+            if tap is None:
+                if not rate and delay is None:
+                    continue  # no tap until a fault needs one: frames go straight to the mesh
+                running = self[i].node
+                transport = running.mesh.transport
+                tap = FrameTap(transport.on_frame, random.Random(f"{self.seed}/{i}/{self._starts}"))
+                transport.on_frame = tap
+                self._taps[i] = tap
+                self._nursery.start_soon(tap.run, running.stopped)
+            tap.drop_rate, tap.delay = rate, delay
 
     def _apply_partition(self) -> None:
         assert self._groups is not None
@@ -138,6 +221,10 @@ class Cluster:
 
     def mesh(self, i: int) -> Any:
         return self[i].node.mesh
+
+    def members(self, i: int) -> dict[str, str]:
+        """Node ``i``'s view of the membership: name -> alive | suspect | dead | left (itself included)."""
+        return {m.name: m.state for m in self.mesh(i).core.membership.members()}
 
     async def add_user(self, local: str, password: str = "secret") -> tuple[str, str]:
         return await self[self.live()[0]].add_user(local, password)
@@ -153,7 +240,11 @@ class Cluster:
             while not condition():  # noqa: ASYNC110
                 await trio.sleep(0.01)
             return
-        raise TimeoutError(f"after {timeout} s: {what() if callable(what) else what}")
+        faults = ""
+        if self._groups is not None or any(self._drop.values()) or any(self._delay.values()):
+            faults = (f" (faults: partition {self._groups}, drop {self._drop}, delay {self._delay};"
+                      f" seed {self.seed})")
+        raise TimeoutError(f"after {timeout} s: {what() if callable(what) else what}{faults}")
 
     def _views(self) -> dict[int, tuple[list[str], list[tuple[str, str]]]]:
         out = {}
@@ -230,11 +321,15 @@ class Cluster:
 
 
 @asynccontextmanager
-async def cluster(n: int = 3, overrides: dict[str, Any] | None = None, **top_level: Any) -> AsyncIterator[Cluster]:
-    """Start ``n`` nodes (node 0 first, the others joining through it) and wait until they converge."""
+async def cluster(n: int = 3, overrides: dict[str, Any] | None = None, *, seed: int | None = None,
+                  **top_level: Any) -> AsyncIterator[Cluster]:
+    """Start ``n`` nodes (node 0 first, the others joining through it) and wait until they converge.
+
+    ``overrides`` is a nested dict shaped like the TOML file, applied to every node; keyword arguments set
+    top-level keys (``domain="example.org"``); ``seed`` seeds the fault generators (`Cluster.seed`)."""
     with tempfile.TemporaryDirectory(prefix="meshxmpp-cluster-") as tmp:
         async with trio.open_nursery() as nursery:
-            c = Cluster(nursery, tmp, _merge(top_level, overrides or {}))
+            c = Cluster(nursery, tmp, _merge(top_level, overrides or {}), seed=seed)
             try:
                 for i in range(n):
                     await c.start(i)

@@ -69,6 +69,54 @@ class ThreadCluster:
     def add_user(self, local: str, password: str = "secret") -> tuple[str, str]:
         return self.call(self.running.add_user, local, password)
 
+    # Blocking forms of the `Cluster` faults and waits (see `Cluster` for what each does).
+
+    @property
+    def seed(self) -> int:
+        return self.running.seed
+
+    def live(self) -> list[int]:
+        return self.call_sync(self.running.live)
+
+    def partition(self, *groups: Any) -> None:
+        self.call_sync(self.running.partition, *groups)
+
+    def heal(self) -> None:
+        self.call_sync(self.running.heal)
+
+    def drop(self, rate: float = 0.1, *, nodes: Any = None) -> None:
+        self.call_sync(lambda: self.running.drop(rate, nodes=nodes))
+
+    def delay(self, seconds: Any, *, nodes: Any = None) -> None:
+        self.call_sync(lambda: self.running.delay(seconds, nodes=nodes))
+
+    def clear_faults(self) -> None:
+        self.call_sync(self.running.clear_faults)
+
+    def kill(self, i: int) -> None:
+        self.call_sync(self.running.kill, i)
+
+    def stop(self, i: int) -> None:
+        self.call(self.running.stop, i)
+
+    def start(self, i: int) -> None:
+        self.call(self.running.start, i)
+
+    def restart(self, i: int) -> None:
+        self.call(self.running.restart, i)
+
+    def converged(self, *, timeout: float = 10.0) -> None:
+        self.call(self.running.converged, timeout=timeout)
+
+    def settled(self, *, timeout: float = 10.0) -> None:
+        self.call(self.running.settled, timeout=timeout)
+
+    def session_visible(self, jid: str, *, timeout: float = 10.0) -> None:
+        self.call(self.running.session_visible, jid, timeout=timeout)
+
+    def wait_dead(self, i: int, *, timeout: float = 10.0) -> None:
+        self.call(self.running.wait_dead, i, timeout=timeout)
+
 
 @contextmanager
 def run_in_thread(overrides: dict[str, Any] | None = None, *, timeout: float = 30.0,
@@ -80,9 +128,9 @@ def run_in_thread(overrides: dict[str, Any] | None = None, *, timeout: float = 3
 
 @contextmanager
 def run_cluster_in_thread(n: int = 3, overrides: dict[str, Any] | None = None, *, timeout: float = 60.0,
-                          **top_level: Any) -> Iterator[ThreadCluster]:
+                          seed: int | None = None, **top_level: Any) -> Iterator[ThreadCluster]:
     """Start a cluster (as `cluster`) in a background thread; yields a blocking `ThreadCluster`."""
-    with _in_thread(lambda: cluster(n, overrides, **top_level), ThreadCluster, timeout) as c:
+    with _in_thread(lambda: cluster(n, overrides, seed=seed, **top_level), ThreadCluster, timeout) as c:
         yield c
 
 
