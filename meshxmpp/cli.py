@@ -166,6 +166,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long to wait for the node (default: 10)")
     p.add_argument("--json", action="store_true", help="print the node's answer as JSON")
     p.set_defaults(func=cmd_cluster_status)
+    p = sub.add_parser("import", parents=[common], help="import accounts and rosters from another server")
+    source = p.add_subparsers(dest="import_source", metavar="SOURCE", required=True)
+    p = source.add_parser(
+        "prosody",
+        parents=[common, node],
+        help="a Prosody data directory (file storage)",
+        description="Create the accounts of the Prosody host named by domain (--domain or the config) "
+        "with their passwords (Prosody's SCRAM-SHA-1 keys, or plain passwords) and add their roster "
+        "items, in this node's storage. Existing accounts and roster items are left unchanged, so "
+        "running it again is safe. See docs/import.md.",
+    )
+    p.add_argument("prosody_data", metavar="DATA_DIR", help="Prosody's data_path, e.g. /var/lib/prosody")
+    p.add_argument("--dry-run", action="store_true", help="print what would be done, change nothing")
+    p.set_defaults(func=cmd_import_prosody)
     return parser
 
 
@@ -191,6 +205,55 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             out[key] = value
     return out
+
+
+def cmd_import_prosody(config: Config, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from meshxmpp.importer.prosody import ProsodyDataError, apply, read_host
+    from meshxmpp.storage import MemoryStorage, SqliteStorage, open_storage
+
+    try:
+        host = read_host(Path(args.prosody_data), config.domain)
+    except (ProsodyDataError, OSError) as exc:
+        raise _Fail(f"import: {exc}", 2) from None
+    print(f"Prosody host {host.domain} ({host.path}): {len(host.accounts)} account(s), "
+          f"{len(host.rosters)} roster(s)")
+    empty = False
+    if args.dry_run:
+        # A dry run creates no database: a missing SQLite file reads as an empty one.
+        target = open_storage(config)
+        empty = isinstance(target, SqliteStorage) and not target.path.exists()
+
+    async def run(storage: Storage) -> Any:
+        return await apply(storage, host, dry_run=args.dry_run)
+
+    if empty:
+        import trio
+
+        async def run_empty() -> Any:
+            async with MemoryStorage() as storage:
+                return await run(storage)
+
+        report = trio.run(run_empty)
+    else:
+        report = _with_storage(config, run)
+    for line in report.lines:
+        print(line)
+    for warning in host.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    would = "would be " if args.dry_run else ""
+    print(f"accounts: {len(report.created)} {would}created, {len(report.existing)} already present, "
+          f"{len(report.failed)} failed; roster items: {report.items_added} {would}added, "
+          f"{report.items_present} already present")
+    if host.other_stores:
+        print("not imported: " + ", ".join(f"{store} ({n} file(s))" for store, n in host.other_stores.items())
+              + " (docs/import.md)")
+    if args.dry_run:
+        print("dry run: nothing was changed")
+    return 1 if report.failed else 0
+
+
 
 
 def main(argv: Sequence[str] | None = None) -> int:
