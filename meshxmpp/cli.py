@@ -137,6 +137,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser(
+        "migrate",
+        parents=[common, node],
+        help="create or upgrade the database schema and print its version",
+        description="Apply pending schema migrations to the configured storage ([storage] in the config: "
+        "the SQLite file or the PostgreSQL database) and print the schema version. `serve` does the same "
+        "when it starts; run this first to upgrade a shared database once, before the nodes.",
+    )
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser(
+        "backup",
+        parents=[common, node],
+        help="write a consistent copy of the SQLite database, also while nodes run",
+        description="Copy the SQLite database ([storage] path) to PATH with SQLite's online backup API: one "
+        "snapshot of the last commit, taken while the nodes keep running. PostgreSQL: use pg_dump. "
+        "See docs/operations.md, \"Backup and restore\".",
+    )
+    p.add_argument("path", metavar="PATH", help="the backup file to write")
+    p.add_argument("--force", action="store_true", help="replace PATH if it exists")
+    p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser(
+        "restore",
+        parents=[common, node],
+        help="rebuild the SQLite database from its Litestream replica",
+        description="Rebuild the SQLite database ([storage] path) from [storage.litestream] replica with "
+        "`litestream restore`, as of the latest sync or of --to-time. Run it with the node stopped. "
+        "See docs/operations.md, \"Backup and restore\".",
+    )
+    p.add_argument("--to-time", metavar="T", dest="to_time",
+                   help="point in time to restore to, e.g. 2024-05-01T12:00:00Z (default: the latest)")
+    p.add_argument("--force", action="store_true", help="replace the database file if it exists")
+    p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("import", parents=[common], help="import accounts and rosters from another server")
+    source = p.add_subparsers(dest="import_source", metavar="SOURCE", required=True)
+    p = source.add_parser(
+        "prosody",
+        parents=[common, node],
+        help="a Prosody data directory (file storage)",
+        description="Create the accounts of the Prosody host named by domain (--domain or the config) "
+        "with their passwords (Prosody's SCRAM-SHA-1 keys, or plain passwords) and add their roster "
+        "items, in this node's storage. Existing accounts and roster items are left unchanged, so "
+        "running it again is safe. See docs/import.md.",
+    )
+    p.add_argument("prosody_data", metavar="DATA_DIR", help="Prosody's data_path, e.g. /var/lib/prosody")
+    p.add_argument("--dry-run", action="store_true", help="print what would be done, change nothing")
+    p.set_defaults(func=cmd_import_prosody)
+
+    p = sub.add_parser(
         "explain",
         parents=[common],
         help="ask the running node who would receive a message, and why",
@@ -166,20 +216,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long to wait for the node (default: 10)")
     p.add_argument("--json", action="store_true", help="print the node's answer as JSON")
     p.set_defaults(func=cmd_cluster_status)
-    p = sub.add_parser("import", parents=[common], help="import accounts and rosters from another server")
-    source = p.add_subparsers(dest="import_source", metavar="SOURCE", required=True)
-    p = source.add_parser(
-        "prosody",
-        parents=[common, node],
-        help="a Prosody data directory (file storage)",
-        description="Create the accounts of the Prosody host named by domain (--domain or the config) "
-        "with their passwords (Prosody's SCRAM-SHA-1 keys, or plain passwords) and add their roster "
-        "items, in this node's storage. Existing accounts and roster items are left unchanged, so "
-        "running it again is safe. See docs/import.md.",
+
+    p = sub.add_parser(
+        "config", parents=[common], help="cluster settings kept in the database (equal on every node)",
+        description="Settings that must be equal on every node (routing policy, offline delivery, MUC "
+        "defaults), kept in the database the nodes share; they override the file's values and running "
+        "nodes apply a change within about a second. docs/mesh.md, \"Cluster settings\".",
     )
-    p.add_argument("prosody_data", metavar="DATA_DIR", help="Prosody's data_path, e.g. /var/lib/prosody")
-    p.add_argument("--dry-run", action="store_true", help="print what would be done, change nothing")
-    p.set_defaults(func=cmd_import_prosody)
+    settings = p.add_subparsers(dest="config_command", metavar="CONFIG_COMMAND", required=True)
+    q = settings.add_parser("set", parents=[common], help="set KEY to VALUE for the whole cluster")
+    q.add_argument("key", metavar="KEY", help="e.g. routing.policy")
+    q.add_argument("value", metavar="VALUE", help="e.g. all-connected")
+    q.set_defaults(func=cmd_config)
+    q = settings.add_parser("get", parents=[common], help="print KEY's value and where it comes from")
+    q.add_argument("key", metavar="KEY")
+    q.set_defaults(func=cmd_config)
+    q = settings.add_parser("unset", parents=[common], help="delete KEY's row: the file's value again")
+    q.add_argument("key", metavar="KEY")
+    q.set_defaults(func=cmd_config)
+    q = settings.add_parser("list", parents=[common], help="every cluster setting, its value and source")
+    q.set_defaults(func=cmd_config)
     return parser
 
 
@@ -205,55 +261,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             out[key] = value
     return out
-
-
-def cmd_import_prosody(config: Config, args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from meshxmpp.importer.prosody import ProsodyDataError, apply, read_host
-    from meshxmpp.storage import MemoryStorage, SqliteStorage, open_storage
-
-    try:
-        host = read_host(Path(args.prosody_data), config.domain)
-    except (ProsodyDataError, OSError) as exc:
-        raise _Fail(f"import: {exc}", 2) from None
-    print(f"Prosody host {host.domain} ({host.path}): {len(host.accounts)} account(s), "
-          f"{len(host.rosters)} roster(s)")
-    empty = False
-    if args.dry_run:
-        # A dry run creates no database: a missing SQLite file reads as an empty one.
-        target = open_storage(config)
-        empty = isinstance(target, SqliteStorage) and not target.path.exists()
-
-    async def run(storage: Storage) -> Any:
-        return await apply(storage, host, dry_run=args.dry_run)
-
-    if empty:
-        import trio
-
-        async def run_empty() -> Any:
-            async with MemoryStorage() as storage:
-                return await run(storage)
-
-        report = trio.run(run_empty)
-    else:
-        report = _with_storage(config, run)
-    for line in report.lines:
-        print(line)
-    for warning in host.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    would = "would be " if args.dry_run else ""
-    print(f"accounts: {len(report.created)} {would}created, {len(report.existing)} already present, "
-          f"{len(report.failed)} failed; roster items: {report.items_added} {would}added, "
-          f"{report.items_present} already present")
-    if host.other_stores:
-        print("not imported: " + ", ".join(f"{store} ({n} file(s))" for store, n in host.other_stores.items())
-              + " (docs/import.md)")
-    if args.dry_run:
-        print("dry run: nothing was changed")
-    return 1 if report.failed else 0
-
-
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -471,6 +478,136 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
+    from meshxmpp.storage import LATEST
+
+    if config.storage.backend == "memory":
+        print("storage.backend is memory: there is no schema to migrate")
+        return 0
+
+    async def version(storage: Storage) -> int:
+        # open() (in _with_storage) applied the pending migrations and recorded the version.
+        return int(getattr(storage, "schema_version", 0))
+
+    got = _with_storage(config, version)
+    print(f"{config.storage.backend} schema version {got} (this meshxmpp: {LATEST})")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# backup and restore (docs/operations.md, "Backup and restore")
+
+
+def cmd_backup(config: Config, args: argparse.Namespace) -> int:
+    from meshxmpp.storage.backup import BackupError, backup_sqlite
+
+    if config.storage.backend == "postgres":
+        raise _Fail('storage.backend is postgres: back it up with pg_dump (docs/operations.md, "Backup and restore")')
+    if config.storage.backend != "sqlite":
+        raise _Fail(f"storage.backend is {config.storage.backend}: there is nothing on disk to back up", 2)
+    try:
+        done = backup_sqlite(config.storage_path, args.path, replace=args.force)
+    except (BackupError, OSError) as exc:
+        raise _Fail(f"backup failed: {exc}") from None
+    except Exception as exc:  # sqlite3.Error and the like
+        raise _Fail(f"backup failed: {type(exc).__name__}: {exc}") from None
+    print(f"backup of {config.storage_path} written to {done.path}: {done.accounts} accounts, "
+          f"{done.size} bytes, {done.seconds:.2f} s")
+    return 0
+
+
+def _rfc3339(text: str) -> str:
+    from datetime import UTC, datetime
+
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise _Fail(f"--to-time: expected a time such as 2024-05-01T12:00:00Z, got {text!r}", 2) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)  # documented: a time without a zone is UTC
+    when = when.astimezone(UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S" + (".%fZ" if when.microsecond else "Z"))
+
+
+def cmd_restore(config: Config, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from meshxmpp.storage import litestream
+
+    replica = config.storage.litestream.replica
+    if config.storage.backend != "sqlite" or replica is None:
+        raise _Fail('restore needs backend = "sqlite" and [storage.litestream] replica (the URL to restore '
+                    "from); with a `meshxmpp backup` file, copy it into place instead", 2)
+    timestamp = _rfc3339(args.to_time) if args.to_time else None
+    db = config.storage_path
+    try:
+        pid = int((Path(config.data_dir) / litestream.PID_NAME).read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        pid = None
+    if pid is not None and litestream._alive(pid) and litestream._is_litestream(pid):
+        raise _Fail(f"a node seems to be running on {db} (its litestream has pid {pid}): stop it first")
+    if db.exists() and not args.force:
+        raise _Fail(f"{db} exists: stop the node and pass --force to replace it")
+    try:
+        binary = litestream.find_binary()
+        litestream.restore(binary, replica, db, timestamp=timestamp, replace=args.force)
+    except (litestream.LitestreamError, OSError) as exc:
+        raise _Fail(f"restore failed: {exc}") from None
+    print(f"restored {db} from {replica}" + (f" as of {timestamp}" if timestamp else ""))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# import
+
+
+def cmd_import_prosody(config: Config, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from meshxmpp.importer.prosody import ProsodyDataError, apply, read_host
+    from meshxmpp.storage import MemoryStorage, SqliteStorage, open_storage
+
+    try:
+        host = read_host(Path(args.prosody_data), config.domain)
+    except (ProsodyDataError, OSError) as exc:
+        raise _Fail(f"import: {exc}", 2) from None
+    print(f"Prosody host {host.domain} ({host.path}): {len(host.accounts)} account(s), "
+          f"{len(host.rosters)} roster(s)")
+    empty = False
+    if args.dry_run:
+        # A dry run creates no database: a missing SQLite file reads as an empty one.
+        target = open_storage(config)
+        empty = isinstance(target, SqliteStorage) and not target.path.exists()
+
+    async def run(storage: Storage) -> Any:
+        return await apply(storage, host, dry_run=args.dry_run)
+
+    if empty:
+        import trio
+
+        async def run_empty() -> Any:
+            async with MemoryStorage() as storage:
+                return await run(storage)
+
+        report = trio.run(run_empty)
+    else:
+        report = _with_storage(config, run)
+    for line in report.lines:
+        print(line)
+    for warning in host.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    would = "would be " if args.dry_run else ""
+    print(f"accounts: {len(report.created)} {would}created, {len(report.existing)} already present, "
+          f"{len(report.failed)} failed; roster items: {report.items_added} {would}added, "
+          f"{report.items_present} already present")
+    if host.other_stores:
+        print("not imported: " + ", ".join(f"{store} ({n} file(s))" for store, n in host.other_stores.items())
+              + " (docs/import.md)")
+    if args.dry_run:
+        print("dry run: nothing was changed")
+    return 1 if report.failed else 0
+
+
 # ------------------------------------------------------------------------------------------------
 # explain
 
@@ -573,3 +710,63 @@ def cmd_cluster_status(config: Config, args: argparse.Namespace) -> int:
             raise _Fail(f"the node at {answer.where} sent a status this command cannot read ({exc!r}); "
                         "try --json") from None
     return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# cluster settings
+
+
+def cmd_config(config: Config, args: argparse.Namespace) -> int:
+    import json
+
+    import trio
+
+    from meshxmpp import cluster_settings as cs
+    from meshxmpp.storage.cluster import ClusterStoreError, open_cluster_store
+
+    what: str = args.config_command
+    key: str | None = getattr(args, "key", None)
+    if key is not None and key not in cs.KEYS:
+        raise ConfigError(key, "is not a cluster setting; one of: " + ", ".join(cs.KEYS))
+    if config.storage.backend == "memory":
+        raise _Fail('config: [storage] backend = "memory" has no shared database to keep cluster settings in')
+
+    def show(value: Any) -> str:
+        return value if isinstance(value, str) else json.dumps(value)
+
+    async def run() -> list[str]:
+        store = open_cluster_store(config)
+        await store.open()
+        try:
+            rows = await store.settings()
+            current, applied, _ = cs.effective(config, rows)
+            if what == "set":
+                assert key is not None
+                value = cs.parse_value(key, args.value)
+                cs.validate(current, key, value)  # ConfigError names the key: exit 2, nothing written
+                await store.set_setting(key, json.dumps(value))
+                return [f"{key} = {show(value)} (running nodes apply it within about "
+                        f"{cs.POLL_INTERVAL:g} s)"]
+            if what == "unset":
+                assert key is not None
+                if not await store.delete_setting(key):
+                    return [f"{key} was not set in the database"]
+                return [f"{key} unset: {show(_get(config, key))} (the file's value) from now on"]
+            keys = [key] if key is not None else list(cs.KEYS)
+            return [f"{k} = {show(_get(current, k))} ({'database' if k in applied else 'file'})" for k in keys]
+        finally:
+            with trio.CancelScope(shield=True):
+                await store.close()
+
+    try:
+        lines = trio.run(run)
+    except ClusterStoreError as exc:
+        raise _Fail(f"config: {exc}") from None
+    for line in lines:
+        print(line)
+    return 0
+
+
+def _get(config: Config, key: str) -> Any:
+    section, _, name = key.partition(".")
+    return getattr(getattr(config, section), name)

@@ -56,6 +56,8 @@ __all__ = [
     "RoutingConfig",
     "STORAGE_BACKENDS",
     "SenderRule",
+    "ShutdownConfig",
+    "LitestreamConfig",
     "StorageConfig",
     "TLSConfig",
     "evolve",
@@ -65,8 +67,9 @@ __all__ = [
 
 ROUTING_POLICIES = ("most-available", "top-priority-all", "all-non-negative", "all-connected")
 OFFLINE_DELIVERY = ("first-resource", "all-resources")
-STORAGE_BACKENDS = ("sqlite", "memory")
+STORAGE_BACKENDS = ("sqlite", "postgres", "memory")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+MESH_DISCOVERY = ("static", "database", "dns")
 
 # Openfire's property names, accepted under [routing] for operators who migrate.
 ALL_RESOURCES_KEY = "route.all-resources"
@@ -361,13 +364,51 @@ class TLSConfig:
     )
 
 
+_GO_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+")
+
+
+def _is_go_duration(v: Any) -> bool:
+    return isinstance(v, str) and _GO_DURATION.fullmatch(v) is not None and any(c in "123456789" for c in v)
+
+
+@attrs.define(frozen=True, kw_only=True)
+class LitestreamConfig:
+    """Continuous replication of the SQLite database by Litestream, run by `meshxmpp serve` as a child
+    process (needs `pip install meshxmpp[litestream]`); docs/operations.md ("Backup and restore")."""
+
+    replica: str | None = _opt(
+        None,
+        doc="Where Litestream replicates to: any replica URL Litestream accepts (`file:///var/backups/meshxmpp`, "
+        "`s3://bucket/path`, `sftp://host/path`...), credentials from the environment (e.g. "
+        "LITESTREAM_ACCESS_KEY_ID). Setting it turns replication on.",
+        expect="a Litestream replica URL",
+        check=_non_empty,
+        unset="unset: no replication",
+    )
+    sync_interval: str = _opt(
+        "1s",
+        doc="How often Litestream ships new WAL frames to the replica; at most this much of what was "
+        "committed is lost with the disk.",
+        expect='a Go duration such as "1s", "500ms" or "1m"',
+        check=_is_go_duration,
+    )
+    restore_if_missing: bool = _opt(
+        False,
+        doc="When the database file does not exist at startup (a new machine, an empty volume), restore it "
+        "from the replica before accepting clients (a replica with no backup yet starts empty).",
+        expect="true or false",
+    )
+
+
 @attrs.define(frozen=True, kw_only=True)
 class StorageConfig:
     """Where accounts, rosters and offline messages live."""
 
     backend: str = _opt(
         "sqlite",
-        doc='"sqlite" (embedded, persistent) or "memory" (lost on exit; tests).',
+        doc='"sqlite" (embedded, persistent; nodes on one host may share the file), "postgres" (a '
+        'PostgreSQL server shared by nodes on several machines; set `dsn`) or "memory" (lost on exit; '
+        "tests). See docs/storage.md.",
         expect=_choices(STORAGE_BACKENDS),
         check=_one_of(STORAGE_BACKENDS),
     )
@@ -378,6 +419,29 @@ class StorageConfig:
         check=_non_empty,
         unset="unset: <data_dir>/meshxmpp.sqlite3",
     )
+    dsn: str | None = _opt(
+        None,
+        doc='PostgreSQL connection string for backend = "postgres": a libpq URI '
+        "(`postgresql://meshxmpp@db.example.org/meshxmpp`) or `key=value` pairs. Leave the password out "
+        "and use PGPASSWORD or ~/.pgpass; `?options=-csearch_path%3Dname` picks a schema.",
+        expect="a PostgreSQL connection string",
+        check=_non_empty,
+        unset='unset (required when backend = "postgres")',
+    )
+    pool_size: int = _opt(
+        10,
+        doc='postgres: connections each node keeps open (and storage calls it runs at once).',
+        expect="a positive integer",
+        check=lambda v: v >= 1,
+    )
+    timeout: float = _opt(
+        30.0,
+        doc="postgres: seconds one storage call may wait for a connection, and each statement may run, "
+        "before it fails.",
+        expect=_POSITIVE,
+        check=lambda v: v > 0,
+    )
+    litestream: LitestreamConfig = _table(LitestreamConfig, "sqlite: replication by Litestream.")
 
 
 @attrs.define(frozen=True, kw_only=True)
@@ -642,6 +706,24 @@ def _timing_count(doc: str, *, least: int = 1) -> Any:
     return _opt(None, doc=doc, expect=expect, check=lambda v: v >= least, unset=_UNSET_TIMING)
 
 
+def _check_discovery(m: Any) -> None:
+    """[mesh] discovery and its keys agree (a value of the wrong type is left to the field checks)."""
+    discovery, dns = m.discovery, m.dns
+    if discovery == "dns" and dns is None:
+        raise ConfigError("mesh.dns", 'is required with discovery = "dns" (the name to resolve)')
+    if isinstance(dns, str) and dns and discovery != "dns":
+        raise ConfigError("mesh.discovery", f'must be "dns" when dns is set (got {_show(discovery)})')
+    interval, expiry = m.heartbeat_interval, m.heartbeat_expiry
+    if (isinstance(interval, int | float) and isinstance(expiry, int | float) and interval > 0
+            and expiry <= interval):
+        raise ConfigError("mesh.heartbeat_expiry", f"must be longer than heartbeat_interval ({interval})")
+    if discovery in ("database", "dns") and m.secret is None:
+        raise ConfigError(
+            "mesh.secret", f"is required when mesh.discovery is {_show(discovery)} (in the file or in "
+            f"{MESH_SECRET_ENV})"
+        )
+
+
 @attrs.define(frozen=True, kw_only=True)
 class MeshConfig:
     """Node-to-node links: nodes that share a secret form one cluster (membership, the replicated
@@ -698,6 +780,36 @@ class MeshConfig:
         "clients (0: do not wait).",
         expect="a number of seconds, 0 or more",
         check=lambda v: v >= 0,
+    )
+    discovery: str = _opt(
+        "static",
+        doc='How a node finds the others besides peers: "static" (peers only); "database" (each node '
+        "writes its address and a heartbeat to a table of the shared database and takes the live rows "
+        'as seeds); "dns" (the A/AAAA records of dns, at the mesh port, and its _meshxmpp._tcp SRV '
+        "records when dnspython is installed). docs/mesh.md, \"Discovery\".",
+        expect=_choices(MESH_DISCOVERY),
+        check=_one_of(MESH_DISCOVERY),
+    )
+    dns: str | None = _opt(
+        None,
+        doc='discovery = "dns": the name to resolve, e.g. "meshxmpp-peers.example.org".',
+        expect="a DNS name",
+        check=_non_empty,
+        unset='unset (required with discovery = "dns")',
+    )
+    heartbeat_interval: float = _opt(
+        5.0,
+        doc='discovery = "database": seconds between heartbeats and reads of the table; "dns": '
+        "seconds between lookups.",
+        expect=_POSITIVE,
+        check=lambda v: v > 0,
+    )
+    heartbeat_expiry: float = _opt(
+        30.0,
+        doc='discovery = "database": a row whose last heartbeat is older than this many seconds is '
+        "no longer a seed (and is deleted); longer than heartbeat_interval.",
+        expect=_POSITIVE,
+        check=lambda v: v > 0,
     )
     repair_interval: float | None = _opt(
         None,
@@ -801,6 +913,7 @@ class MeshConfig:
     )
 
     def __attrs_post_init__(self) -> None:
+        _check_discovery(self)
         # tls_ca, tls_cert and tls_key: all three or none, and the files exist (as [tls] cert/key).
         # A value of the wrong type is left to the field checks, which name it.
         paths = {name: getattr(self, name) for name in _MESH_TLS_KEYS}
@@ -898,9 +1011,9 @@ def _is_admin_token(v: Any) -> bool:
 
 @attrs.define(frozen=True, kw_only=True)
 class HTTPConfig:
-    """HTTP listener: health check (`GET /healthz`) and the admin API (`/api/...`, e.g.
-    `GET /api/explain` and `GET /api/cluster`, which `meshxmpp explain` and `meshxmpp cluster status`
-    call)."""
+    """HTTP listener: health checks (`GET /healthz`, `GET /readyz`), metrics (`GET /metrics`) and the
+    admin API (`/api/...`, e.g. `GET /api/explain` and `GET /api/cluster`, which `meshxmpp explain`
+    and `meshxmpp cluster status` call); docs/operations.md describes them."""
 
     enabled: bool = _opt(True, doc="Run the HTTP listener.", expect="true or false")
     bind: str = _opt(
@@ -922,6 +1035,36 @@ class HTTPConfig:
         doc="Seconds GET /readyz waits for storage to answer before it reports the node not ready (503).",
         expect=_POSITIVE,
         check=lambda v: v > 0,
+    )
+
+
+@attrs.define(frozen=True, kw_only=True)
+class ShutdownConfig:
+    """Graceful shutdown (SIGTERM, SIGINT): the node stops accepting clients, lets each client's
+    stanza in hand finish, ends the sessions, tells the clients (`<system-shutdown/>`, or
+    `<see-other-host/>` with `redirect`), flushes their outboxes, leaves the mesh and exits;
+    docs/operations.md ("Shutdown and rolling restart")."""
+
+    timeout: float = _opt(
+        5.0,
+        doc="Seconds a graceful shutdown may take in all; what is not done by then is cut short "
+        "(and logged).",
+        expect=_POSITIVE,
+        check=lambda v: v > 0,
+    )
+    redirect: bool = _opt(
+        False,
+        doc="Close client streams with `<see-other-host/>` naming another live node's client address "
+        "(from the mesh) instead of `<system-shutdown/>`; without a live node, `<system-shutdown/>`.",
+        expect="true or false",
+    )
+    advertise: str | None = _opt(
+        None,
+        doc="Client address (host:port) this node publishes in the mesh, which other nodes name in "
+        "their `<see-other-host/>` redirects.",
+        expect='a "host:port" string',
+        check=_is_peer,
+        unset="unset: with redirect on, [c2s] bind and port when bind is a specific address; else none",
     )
 
 
@@ -959,6 +1102,7 @@ class Config:
     components: ComponentsConfig = _table(ComponentsConfig, "External components.")
     mesh: MeshConfig = _table(MeshConfig, "Mesh links.")
     http: HTTPConfig = _table(HTTPConfig, "HTTP API.")
+    shutdown: ShutdownConfig = _table(ShutdownConfig, "Graceful shutdown.")
 
     def __attrs_post_init__(self) -> None:
         _validate(self, "")
@@ -983,6 +1127,7 @@ class Config:
 _CLASSES: tuple[type, ...] = (
     C2SConfig,
     TLSConfig,
+    LitestreamConfig,
     StorageConfig,
     OfflineConfig,
     SenderRule,
@@ -992,6 +1137,7 @@ _CLASSES: tuple[type, ...] = (
     ComponentsConfig,
     MeshConfig,
     HTTPConfig,
+    ShutdownConfig,
     Config,
 )
 for _cls in _CLASSES:
@@ -1075,6 +1221,8 @@ def _cross_checks(c: Config) -> None:
             raise ConfigError(f"tls.{name}", f"file not found: {p}")
     if c.data_path.exists() and not c.data_path.is_dir():
         raise ConfigError("data_dir", f"exists and is not a directory: {c.data_dir}")
+    if c.storage.backend == "postgres" and c.storage.dsn is None:
+        raise ConfigError("storage.dsn", 'is required when storage.backend = "postgres"')
     if c.c2s.direct_tls_port is not None and c.c2s.direct_tls_port == c.c2s.port and c.c2s.port != 0:
         raise ConfigError("c2s.direct_tls_port", f"must differ from c2s.port ({c.c2s.port})")
     r = c.routing

@@ -10,10 +10,18 @@ stanzas keep their order. What those stanzas queue for other sessions is written
 read by this task (``session.hold_wakeups``/``flush_held``), and on a plain TCP socket the bound
 stream is read without ``receive_some`` (see ``_Connection._established``). Nothing raised inside
 a connection escapes it.
+
+Graceful shutdown (driven by ``Node``; docs/operations.md): ``stop_accepting()`` ends the accept
+loops (connections already accepted keep running in their own nursery); ``stop_reading()`` makes every
+reader stop at a stanza boundary (the stanza in hand is routed, nothing more is read; a reader
+parked waiting for input is cancelled there), without ending the connection; ``close_for_shutdown()``
+queues the stream error behind what the outbox holds, and the writer ends the connection once it is
+written.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
@@ -21,7 +29,7 @@ import os
 import random
 import ssl
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,13 +57,14 @@ from meshxmpp.jid import JID, InvalidJID
 from meshxmpp.xml import ns
 from meshxmpp.xml.errors import StreamError
 from meshxmpp.xml.events import StanzaReceived, XmlEvent
+from meshxmpp.xml.serialize import escape_text
 from meshxmpp.xml.stream import XmlStream
 
 if TYPE_CHECKING:
     from meshxmpp.c2s.sasl import ScramCredentials
     from meshxmpp.context import NodeContext
 
-__all__ = ["AuthThrottle", "C2SListener", "ListenerStatistics"]
+__all__ = ["AuthThrottle", "C2SListener", "ListenerStatistics", "shutdown_error"]
 
 log = logging.getLogger("meshxmpp.c2s")
 
@@ -75,6 +84,17 @@ _NETWORK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError)
 _wait_readable = trio.lowlevel.wait_readable
 _checkpoint = trio.lowlevel.checkpoint
 _read = os.read
+
+
+def shutdown_error(redirect: str | None = None) -> bytes:
+    """The stream error of a node that shuts down: ``<see-other-host>host:port</see-other-host>``
+    (RFC 6120 4.9.3.19; an IPv6 address in brackets) when ``redirect`` is given, else
+    ``<system-shutdown/>`` (4.9.3.20)."""
+    if redirect is None:
+        body = f"<system-shutdown xmlns='{ns.STREAM_ERRORS}'/>"
+    else:
+        body = f"<see-other-host xmlns='{ns.STREAM_ERRORS}'>{escape_text(redirect)}</see-other-host>"
+    return f"<stream:error>{body}</stream:error>".encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +187,11 @@ class C2SListener:
         self._accepted = 0
         self._active = 0
         self._auth_failures = 0
+        self._connections: set[_Connection] = set()
+        # Cancelled by stop_accepting(): ends the accept loops, not the connections.
+        self._accepting = trio.CancelScope()
+        #: Set once the listening sockets are closed (after stop_accepting(), or when run() ends).
+        self.not_accepting = trio.Event()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled; ``task_status.started(port)`` once listening."""
@@ -175,19 +200,44 @@ class C2SListener:
         listeners = await trio.open_tcp_listeners(port, host=c2s.bind)
         try:
             self.port = listeners[0].socket.getsockname()[1]
-            async with trio.open_nursery() as nursery:
-                await nursery.start(trio.serve_listeners, self._handle_socket, listeners)
-                log.info(
-                    "c2s%s listening on %s:%d",
-                    " (direct TLS)" if self.direct_tls else "",
-                    c2s.bind,
-                    self.port,
-                )
-                task_status.started(self.port)
+            # Connections live in their own nursery, so that the accept loops can end first.
+            async with trio.open_nursery() as connections:
+                with self._accepting:
+                    async with trio.open_nursery() as nursery:
+                        await nursery.start(
+                            functools.partial(trio.serve_listeners, handler_nursery=connections),
+                            self._handle_socket,
+                            listeners,
+                        )
+                        log.info(
+                            "c2s%s listening on %s:%d",
+                            " (direct TLS)" if self.direct_tls else "",
+                            c2s.bind,
+                            self.port,
+                        )
+                        task_status.started(self.port)
+                await self._close_listeners(listeners)
+                log.info("c2s%s on port %d: no longer accepting connections",
+                         " (direct TLS)" if self.direct_tls else "", self.port)
+                # The connections end as the node closes them; the nursery waits for them.
         finally:
-            for listener in listeners:
-                with trio.CancelScope(shield=True):
-                    await listener.aclose()
+            await self._close_listeners(listeners)
+
+    async def _close_listeners(self, listeners: list[trio.SocketListener]) -> None:
+        for listener in listeners:
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
+        self.not_accepting.set()
+
+    # ------------------------------------------------------------------ graceful shutdown
+
+    def stop_accepting(self) -> None:
+        """End the accept loops now; the listening sockets close at once (``not_accepting``)."""
+        self._accepting.cancel()
+
+    def connections(self) -> Iterator[_Connection]:
+        """The open connections (a snapshot)."""
+        return iter(list(self._connections))
 
     async def _handle_socket(self, stream: trio.SocketStream) -> None:
         try:
@@ -201,10 +251,14 @@ class C2SListener:
         """Serve one client connection on ``stream`` until it ends. Never raises (but Cancelled)."""
         self._accepted += 1
         self._active += 1
+        conn = _Connection(self, stream, peer)
+        self._connections.add(conn)
         try:
-            await _Connection(self, stream, peer).run()
+            await conn.run()
         finally:
             self._active -= 1
+            self._connections.discard(conn)
+            conn.done.set()
 
     def statistics(self) -> ListenerStatistics:
         return ListenerStatistics(
@@ -252,6 +306,46 @@ class _Connection:
         self.xml = XmlStream(max_stanza_size=c2s.max_stanza_size_preauth, max_depth=c2s.max_depth)
         self.pending: deque[XmlEvent] = deque()
         self.in_handshake = False
+        # Graceful shutdown: ``draining`` makes the reader stop at the next stanza boundary;
+        # ``waiting`` is true only while the reader is parked waiting for input, the one place
+        # where cancelling it (``read_scope``) cuts no stanza in half.
+        self.draining = False
+        self.waiting = False
+        self.read_scope = trio.CancelScope()
+        self.reader_done = trio.Event()
+        self.writer_done = trio.Event()
+        self.done = trio.Event()  # set by the listener once the connection is closed
+        self._linger_scope: trio.CancelScope | None = None
+        self._no_linger = False
+
+    # ------------------------------------------------------------------ graceful shutdown
+
+    def stop_reading(self) -> None:
+        """Read no more: the stanza in hand is finished, the rest is left unread (``reader_done``
+        is set once the reader has stopped). The connection stays open for what is queued."""
+        self.draining = True
+        if self.waiting:
+            self.read_scope.cancel()
+
+    def stop_lingering(self) -> None:
+        """Close now rather than wait for the client's end of stream (the shutdown deadline)."""
+        self._no_linger = True
+        if self._linger_scope is not None:
+            self._linger_scope.cancel()
+
+    def close_for_shutdown(self, redirect: str | None) -> None:
+        """Queue the shutdown stream error (after our stream header, if none was sent yet) behind
+        what the outbox holds, then the footer; the writer ends the connection once written."""
+        session = self.session
+        if session.closed:
+            return
+        if self.in_handshake:
+            session.abort("system-shutdown")  # no clean way to speak mid-handshake
+            return
+        for effect in self.neg.fail("system-shutdown"):
+            if isinstance(effect, Send):
+                session.send_bytes(effect.data)
+        session.close("see-other-host" if redirect else "system-shutdown", error=shutdown_error(redirect))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -269,7 +363,10 @@ class _Connection:
             await self._cleanup()
 
     async def _writer(self) -> None:
-        await self.session.write_loop()
+        try:
+            await self.session.write_loop()
+        finally:
+            self.writer_done.set()
         # Everything is written (or the transport failed): end the connection, reader included.
         assert self.session.cancel_scope is not None
         self.session.cancel_scope.cancel()
@@ -277,18 +374,8 @@ class _Connection:
     async def _reader(self) -> None:
         session = self.session
         try:
-            with trio.move_on_after(self.c2s.negotiation_timeout) as scope:
-                if self.listener.direct_tls:
-                    await self._tls_handshake()
-                bound = await self._negotiate()
-            if scope.cancelled_caught:
-                log.debug("%s: negotiation timed out in state %s", self.peer, self.neg.state.value)
-                if self.in_handshake:
-                    session.abort("tls-timeout")  # no clean way to speak mid-handshake
-                else:
-                    self._fail("connection-timeout")
-            elif bound:
-                await self._established()
+            with self.read_scope:
+                await self._read()
         except _NETWORK_ERRORS as exc:
             # Connection reset, TLS failure (trio reports ssl errors as BrokenResourceError)...
             log.debug("%s: connection lost: %s", self.peer, exc)
@@ -297,8 +384,26 @@ class _Connection:
             log.exception("%s: internal error", self.peer)
             self._fail("internal-server-error")
         finally:
-            if not session.closed:
+            self.waiting = False
+            self.reader_done.set()
+            if not session.closed and not self.draining:
                 session.abort("ended")
+            # draining: the writer still writes what is queued, then the shutdown stream error.
+
+    async def _read(self) -> None:
+        session = self.session
+        with trio.move_on_after(self.c2s.negotiation_timeout) as scope:
+            if self.listener.direct_tls:
+                await self._tls_handshake()
+            bound = await self._negotiate()
+        if scope.cancelled_caught:
+            log.debug("%s: negotiation timed out in state %s", self.peer, self.neg.state.value)
+            if self.in_handshake:
+                session.abort("tls-timeout")  # no clean way to speak mid-handshake
+            else:
+                self._fail("connection-timeout")
+        elif bound and not self.draining:
+            await self._established()
 
     async def _cleanup(self) -> None:
         session = self.session
@@ -311,7 +416,7 @@ class _Connection:
                         await self.ctx.router.session_ended(session)
                     except Exception:
                         log.exception("%s: router.session_ended failed", self.peer)
-            if not session.aborted and not shutting_down:
+            if not session.aborted and not shutting_down and not self._no_linger:
                 await self._linger()
             with trio.move_on_after(CLEANUP_TIMEOUT):
                 try:
@@ -323,7 +428,7 @@ class _Connection:
     async def _linger(self) -> None:
         # Half-close, then drain what the client still sends for a short while: closing a socket
         # with unread input sends a RST, which can destroy our stream error before it is read.
-        with trio.move_on_after(LINGER_TIMEOUT):
+        with trio.move_on_after(LINGER_TIMEOUT) as self._linger_scope:
             try:
                 if isinstance(self.stream, trio.abc.HalfCloseableStream):
                     await self.stream.send_eof()
@@ -344,7 +449,13 @@ class _Connection:
             # Every event before the violation has been handled: raise it now, before waiting on
             # a peer that may never send another byte.
             return self._feed(b"")
+        if self.draining:
+            return False
+        self.waiting = True
         data = await self.stream.receive_some(READ_SIZE)
+        self.waiting = False
+        if self.draining:
+            return False  # read while being stopped: none of it is handled
         if not data:
             log.debug("%s: peer closed the connection", self.peer)
             self.session.abort("eof")
@@ -377,7 +488,7 @@ class _Connection:
                 await self._apply(neg.receive(pending.popleft()))
                 if neg.state is State.BOUND:
                     return True
-                if session.closed:
+                if session.closed or self.draining:
                     return False
             if not await self._receive():
                 return False
@@ -418,6 +529,8 @@ class _Connection:
                 hold_wakeups()
                 try:
                     while pending:
+                        if self.draining:
+                            return  # shutting down: the stanza in hand was the last one
                         event = pending.popleft()
                         if type(event) is StanzaReceived:
                             el = event.element
@@ -445,6 +558,9 @@ class _Connection:
                             return
                 finally:
                     flush_held()
+                if self.draining:
+                    return
+                self.waiting = True
                 if fileno is None:
                     data = await stream.receive_some(READ_SIZE)
                 else:
@@ -468,6 +584,9 @@ class _Connection:
                             raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
                         await _wait_readable(fd)
                     drained = len(data) < READ_SIZE
+                self.waiting = False
+                if self.draining:
+                    return  # read while being stopped: none of it is handled
                 if not data:
                     log.debug("%s: peer closed the connection", self.peer)
                     session.abort("eof")
@@ -480,7 +599,7 @@ class _Connection:
                 session.bytes_in += len(data)
                 if not self._feed(data):
                     return
-        if idle_scope.cancelled_caught:
+        if idle_scope.cancelled_caught and not self.draining:
             log.debug("%s: idle for %.0f s", self.peer, idle)
             session.close("connection-timeout")
 
@@ -555,7 +674,9 @@ class _Connection:
             effect.attempts,
             delay,
         )
+        self.waiting = True  # a shutdown may cut this wait short (stop_reading)
         await trio.sleep(delay)
+        self.waiting = False
 
     def _auth_succeeded(self, effect: AuthSucceeded) -> None:
         log.info("%s: authenticated as %s", self.peer, effect.jid)

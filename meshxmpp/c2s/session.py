@@ -298,12 +298,17 @@ class Session:
         self._parked = None
         _reschedule(task)
 
-    def close(self, condition: str | None = None, text: str | None = None) -> None:
+    def close(self, condition: str | None = None, text: str | None = None, *, error: bytes | None = None) -> None:
         """End the stream: queue ``<stream:error>`` (when ``condition``) and the footer; the
-        connection closes once they are written. Sync; a second call does nothing."""
+        connection closes once they are written. Sync; a second call does nothing.
+
+        ``error``: the ``<stream:error/>`` bytes to send instead of the one built from ``condition``
+        (which then only names the reason), for errors with content such as ``<see-other-host/>``."""
         if self.closed:
             return
-        if condition is not None:
+        if error is not None:
+            self._queue(error)
+        elif condition is not None:
             self._queue(stream_error(condition, text))
         if self._aborted:  # the error itself overflowed the outbox
             return

@@ -6,7 +6,7 @@ normal message for an existing user is stored with ``<delay from=domain stamp=â€
 ``presence/initial`` (fired by ``im.presence``) for a resource with a non-negative priority:
 
 * ``[offline] delivery = "first-resource"`` (XEP-0160): it receives all stored messages,
-  oldest first, and they are deleted.
+  oldest first, and they are deleted once its outbox has been written to the socket.
 * ``"all-resources"``: the resource is remembered as one of the user's *known resources*; it
   receives, oldest first, the stored messages it has not had yet (and that are younger than
   ``MAX_AGE``); then one storage transaction records that it had them and deletes every
@@ -14,17 +14,26 @@ normal message for an existing user is stored with ``<delay from=domain stamp=â€
   refreshes the resource's last-seen time, so a device is forgotten ``RESOURCE_MEMORY``
   seconds after it was last online, not after it logged in.
 
-Delivery claims its messages in storage before queueing them (``Offline.take`` for
+Delivery claims its messages in storage before queueing them (``Offline.lease`` for
 first-resource, ``Offline.claim`` for all-resources; one transaction each), so two resources
 sending initial presence at the same moment, on this node or on another node sharing the
-database, never both take (first-resource) or both get twice (all-resources) a message. A crash
-between the claim and queueing the stanzas loses them for that resource: at most once in that
-window (docs/offline.md, "Shared SQLite").
+database, never both get (first-resource) or both get twice (all-resources) a message.
+
+first-resource is lease-then-delete: the lease (holder = node name, session JID and a random
+token; ``LEASE`` seconds) is the claim; the stanzas are queued, the session's outbox is waited
+for until written to the socket (``Session.wait_flushed``, at most ``FLUSH_TIMEOUT``), and only
+then are the messages deleted. A session that ends first gives them back (``Offline.unlease``)
+for its next login. A crash between the lease and the delete leaves them leased: once the lease
+has expired the next login gets them again, a redelivery the client recognises by stanza id
+(every stored message has one: ``offline-<random>`` is added when the sender gave none). At least
+once across a crash, exactly once while the nodes run. all-resources: a crash between the claim
+and queueing the stanzas loses them for that resource (docs/offline.md).
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -55,6 +64,12 @@ ALL_RESOURCES = "all-resources"
 RESOURCE_MEMORY = 30 * 24 * 3600.0  # a resource not seen for this long is forgotten
 MAX_AGE = 7 * 24 * 3600.0  # a stored message older than this is never delivered, and deleted
 RECORD_TIMEOUT = 30.0  # bound on the shielded write that records a delivery
+# first-resource: how long a delivery holds its messages (Offline.lease) before another login may
+# get them; after a crash, how long until they are offered again. FLUSH_TIMEOUT bounds the wait
+# for the session's outbox to reach the socket: well under LEASE, so that a live delivery always
+# deletes (or gives back) its messages before its lease could run out.
+LEASE = 60.0
+FLUSH_TIMEOUT = 30.0
 
 
 def stamp_text(when: float) -> str:
@@ -106,7 +121,12 @@ class Offline:
             await bounce(self.ctx, event.stanza, "cancel", "service-unavailable")
             return
         when = self.ctx.now()
-        stanza = dumps(with_delay(event.stanza, self.ctx.domain, when))
+        el = with_delay(event.stanza, self.ctx.domain, when)
+        if not el.get("id"):
+            # A redelivery after a crash (docs/offline.md) is recognisable by stanza id only if
+            # every stored message has one.
+            el.set("id", f"offline-{secrets.token_hex(8)}")
+        stanza = dumps(el)
         limit = self.ctx.config.offline.max_per_user
         offline = self.ctx.storage.offline
         stored = await offline.store(user, stanza, stamp=when, limit=limit)
@@ -134,21 +154,40 @@ class Offline:
         if session.closed:
             return
         offline = self.ctx.storage.offline
-        # Taken = deleted, atomically: a racing resource (on this node or another) gets none.
-        messages = await offline.take(user)
+        now = self.ctx.now()
+        holder = f"{self.ctx.node_name}/{session.jid}/{secrets.token_hex(6)}"
+        # Leased, atomically: a racing resource (on this node or another) gets none of them
+        # while the lease runs. Nothing is deleted before the stanzas reached the socket.
+        messages = await offline.lease(user, holder=holder, until=now + LEASE, now=now)
         if not messages:
             return
-        # No checkpoint between here and the last deliver(): a cancellation (the client hung
-        # up) cannot strand taken messages in between.
-        if session.closed:
-            # It ended while we waited for storage: the messages go back for its next login.
-            with _shielded():
-                await offline.restore(user, messages)
-            return
-        for message in messages:
-            el = self._load(message, user)
-            if el is not None:
-                self.ctx.router.deliver(session, el)
+        ids = [m.id for m in messages]
+        written = False
+        try:
+            if session.closed:
+                return  # it ended while we waited for storage: given back below
+            for message in messages:
+                el = self._load(message, user)
+                if el is not None:  # an unreadable one is deleted with the rest
+                    self.ctx.router.deliver(session, el)
+            with trio.move_on_after(FLUSH_TIMEOUT) as flush:
+                await session.wait_flushed()
+            if flush.cancelled_caught:
+                # Still queued: they may yet be written. Neither deleted nor given back: the
+                # lease runs out and a later login gets them again (at least once).
+                log.warning("offline: %r did not flush within %.0f s; %d message(s) stay leased",
+                            session, FLUSH_TIMEOUT, len(ids))
+                ids = []
+            else:
+                written = not session.aborted
+        finally:
+            # Shielded: a cancellation (the client hung up) must not strand them leased.
+            if ids:
+                with _shielded():
+                    if written:
+                        await offline.delete(user, ids)
+                    else:  # aborted (the outbox was dropped) or closed first: for the next login
+                        await offline.unlease(user, ids, holder)
 
     async def _deliver_each(self, session: Session, user: str) -> None:
         offline = self.ctx.storage.offline

@@ -13,6 +13,7 @@ How the three cores are tied together (docs/mesh.md has the picture):
   every ``repair_interval`` it sends its digest to one random live member, which answers with what the
   digest lacks and its own digest, which is answered in turn: both sides converge in one exchange;
 - a starting node asks its seeds for everything (an empty digest) and reports `Joined` on the first answer;
+  addresses discovered later (`add_seeds`, from `mesh.discovery`) are asked the same way;
 - a member declared dead or gone is purged from the directory, its unacked forwards come back as `Reroute`
   events, and exactly one survivor (the live member with the smallest name) is told to announce the lost
   sessions as unavailable (`SessionsLost.announce`);
@@ -231,6 +232,23 @@ class MeshCore:
 
     def leave(self, now: float) -> None:
         self.membership.leave(now)
+
+    def add_seeds(self, now: float, addrs: Sequence[Addr]) -> list[Addr]:
+        """Ask addresses found after the start (`mesh.discovery`) to join, as the seeds given at
+        construction were: a membership push-pull and a directory digest ask to each one that is not
+        this node and not the address of a member alive or suspect now. Returns those asked."""
+        self._now = now
+        known = {m.addr for m in self.membership.members() if m.state in (ALIVE, SUSPECT)}
+        asked: list[Addr] = []
+        for addr in dict.fromkeys((a[0], int(a[1])) for a in addrs):
+            if addr in known:
+                continue
+            # Membership has no public "join this address" (its seeds are fixed at construction); a
+            # push-pull is exactly what it sends its seeds and re-dialled members.
+            self.membership._push_pull(addr)
+            self._send_addr(addr, Kind.DIRECTORY, bytes([_DIGEST_ASK]) + encode_digest(self.directory.digest()))
+            asked.append(addr)
+        return asked
 
     # ------------------------------------------------------------------ queries
 

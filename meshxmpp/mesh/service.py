@@ -47,6 +47,7 @@ from meshxmpp.mesh.core import (
     SessionsBack,
     SessionsLost,
 )
+from meshxmpp.mesh.discovery import Discovery, make_discovery
 from meshxmpp.mesh.transport import ConnectionClosed, MeshTransport
 from meshxmpp.mesh.wire import Kind
 from meshxmpp.xml import ns
@@ -93,6 +94,7 @@ class MeshService:
             ssl_contexts=cfg.ssl_contexts(),  # mutual TLS with the cluster CA when [mesh] tls_* are set
         )
         self.core: MeshCore | None = None
+        self.discovery: Discovery | None = None
         self.joined = trio.Event()
         self._wake = trio.Event()
         self._dirty = False
@@ -119,6 +121,13 @@ class MeshService:
             addr = self.transport.advertise or await self._guess_address(port)
             self.transport.advertise = addr
             seeds = await self._seeds(addr)
+            # Discovery (docs/mesh.md, "Discovery"): more seeds from the database or DNS; refuses to
+            # join (ProtocolMismatch) a cluster that speaks another mesh protocol version.
+            self.discovery = make_discovery(cfg, config=self.ctx.config, storage=self.ctx.storage,
+                                            name=self.name, epoch=self.epoch)
+            if self.discovery is not None:
+                nursery.start_soon(self._close_discovery_at_exit, self.discovery)
+                seeds += [s for s in await self.discovery.start(addr) if s not in seeds]
             self.core = MeshCore(
                 self.name, addr, timing=cfg.timing(), rng=random.Random(), now=trio.current_time(),
                 epoch=self.epoch, seeds=seeds, repair_interval=cfg.repair_every(),
@@ -133,6 +142,8 @@ class MeshService:
             self._pump()
             nursery.start_soon(self._timer_loop)
             nursery.start_soon(self._worker)
+            if self.discovery is not None:
+                nursery.start_soon(self.discovery.run, self.add_seeds)
             if self.core.joined:
                 self.joined.set()
             with trio.move_on_after(cfg.join_timeout):
@@ -153,12 +164,36 @@ class MeshService:
         with trio.move_on_after(timeout):
             while self._busy or core.forwarder.statistics().in_flight:  # noqa: ASYNC110
                 await trio.sleep(0.01)  # bounded poll of two counters while the network drains
+        if self.discovery is not None:
+            with trio.move_on_after(1.0):
+                try:
+                    await self.discovery.leave()  # our heartbeat row goes now, not at its expiry
+                except Exception as exc:
+                    log.warning("mesh %s: could not remove the heartbeat row: %s", self.name, exc)
         core.leave(trio.current_time())
         self._pump()
         with trio.move_on_after(min(1.0, timeout)):
             await trio.sleep(core.membership.timing.gossip_interval * 2)  # let the 'left' gossip go out
         await self.transport.aclose()
         self._nursery.cancel_scope.cancel()
+
+    def add_seeds(self, addrs: list[tuple[str, int]]) -> None:
+        """Addresses found by discovery after the start: ask those that are not members to join."""
+        core = self.core
+        if core is None:
+            return
+        asked = core.add_seeds(trio.current_time(), addrs)
+        if asked:
+            log.info("mesh %s: discovered %s", self.name, ", ".join(f"{h}:{p}" for h, p in asked))
+            self._pump()
+
+    @staticmethod
+    async def _close_discovery_at_exit(discovery: Discovery) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await discovery.aclose()
 
     async def _guess_address(self, port: int) -> tuple[str, int]:
         """Where peers reach us when bound to a wildcard and no advertise address is set: the local

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from meshxmpp.storage.base import (
     Accounts,
@@ -18,18 +18,24 @@ from meshxmpp.storage.base import (
     StorageClosedError,
 )
 from meshxmpp.storage.memory import MemoryStorage
+from meshxmpp.storage.migrations import LATEST, SchemaError
+from meshxmpp.storage.postgres import DEFAULT_POOL_SIZE, DEFAULT_TIMEOUT, PostgresStorage, PostgresUnavailable
 from meshxmpp.storage.sqlite import SqliteStorage
 
 __all__ = [
     "DEFAULT_FILENAME",
+    "LATEST",
     "Accounts",
     "MemoryStorage",
     "Offline",
     "OfflineMessage",
+    "PostgresStorage",
+    "PostgresUnavailable",
     "RoomRecord",
     "Rooms",
     "RosterItem",
     "Rosters",
+    "SchemaError",
     "SqliteStorage",
     "Storage",
     "StorageClosedError",
@@ -37,6 +43,7 @@ __all__ = [
 ]
 
 DEFAULT_FILENAME = "meshxmpp.sqlite3"
+T = TypeVar("T")
 
 
 class _StorageSection(Protocol):
@@ -44,6 +51,12 @@ class _StorageSection(Protocol):
     def backend(self) -> str: ...
     @property
     def path(self) -> str | os.PathLike[str] | None: ...
+
+
+def _setting(section: object, name: str, default: T) -> T:
+    # Config sections from before the PostgreSQL keys (and test doubles) may lack them.
+    value = getattr(section, name, None)
+    return default if value is None else value
 
 
 class _Config(Protocol):
@@ -60,7 +73,11 @@ def open_storage(config: _Config) -> Storage:
 
     ``"sqlite"``: the file ``config.storage.path``, or ``<config.data_dir>/meshxmpp.sqlite3``
     when that is None; missing directories are created by ``open()`` (in the worker thread,
-    so no file system call happens here). ``"memory"``: nothing survives a restart.
+    so no file system call happens here). ``"postgres"``: the database ``config.storage.dsn``,
+    with ``pool_size`` connections and every call bounded by ``timeout`` (nothing connects
+    here either). ``"memory"``: nothing survives a restart.
+
+    Opening a SQL backend applies pending schema migrations (``storage.migrations``).
     """
     backend = config.storage.backend
     if backend == "memory":
@@ -68,4 +85,16 @@ def open_storage(config: _Config) -> Storage:
     if backend == "sqlite":
         path = config.storage.path
         return SqliteStorage(Path(config.data_dir) / DEFAULT_FILENAME if path is None else Path(path))
-    raise ValueError(f"storage.backend: unknown storage backend {backend!r} (expected 'sqlite' or 'memory')")
+    if backend == "postgres":
+        section = config.storage
+        dsn = _setting(section, "dsn", "")
+        if not dsn:
+            raise ValueError('storage.dsn: is required when storage.backend = "postgres"')
+        return PostgresStorage(
+            dsn,
+            pool_size=_setting(section, "pool_size", DEFAULT_POOL_SIZE),
+            timeout=_setting(section, "timeout", DEFAULT_TIMEOUT),
+        )
+    raise ValueError(
+        f"storage.backend: unknown storage backend {backend!r} (expected 'sqlite', 'postgres' or 'memory')"
+    )

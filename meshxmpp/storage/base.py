@@ -9,9 +9,10 @@ and the real backends agree:
 * ``Offline.fetch()`` is oldest first (ascending id); ids are never reused for a store.
 * ``Offline.store()`` refuses (``False``) when the user already holds ``limit`` messages.
 * ``Offline.delete()`` ignores ids that are unknown or belong to another user.
-* ``Offline.take()`` and ``Offline.claim()`` are atomic claims: of several callers racing on
-  one user (one resource, for ``claim``), even through different ``Storage`` objects on one
-  SQLite file, each message goes to exactly one (``docs/storage.md``).
+* ``Offline.take()``, ``Offline.lease()`` and ``Offline.claim()`` are atomic claims: of several
+  callers racing on one user (one resource, for ``claim``), even through different ``Storage``
+  objects on one SQLite file, each message goes to exactly one (``docs/storage.md``); a lease
+  lasts until its ``until`` (then the message can be leased again), ``unlease``, or ``delete``.
 * Known resources and delivery records (``[offline] delivery = "all-resources"``, see
   ``docs/offline.md``): ``known_resources()`` is sorted by resource; ``pending()`` is oldest
   first; ``mark_delivered()`` records and deletes in one transaction and returns the deleted
@@ -156,6 +157,21 @@ class Offline(Protocol):
     async def restore(self, user: str, messages: list[OfflineMessage]) -> None:
         """Put messages returned by ``take`` back, with their ids, stanzas and stamps (the
         taker could not deliver them). Ids still stored are ignored; the quota is not checked."""
+        ...
+
+    async def lease(self, user: str, *, holder: str, until: float, now: float) -> list[OfflineMessage]:
+        """In one transaction: ``user``'s messages that are not leased, or whose lease expired
+        (``lease_until < now``), oldest first, marked as leased by ``holder`` until ``until``
+        (``[offline] delivery = "first-resource"``). Of concurrent leases (also through other
+        ``Storage`` objects on the same database) each message is returned to exactly one while
+        its lease runs. The holder deletes them once delivered (``delete``), or gives them back
+        (``unlease``); a holder that dies does neither, and they are offered again after ``until``."""
+        ...
+
+    async def unlease(self, user: str, ids: list[int], holder: str) -> None:
+        """Give back the messages ``ids`` leased by ``holder`` (its session ended before they
+        were delivered): they can be leased again at once. Ids that are unknown, another user's,
+        not leased or leased by another holder are ignored."""
         ...
 
     # For ``[offline] delivery = "all-resources"`` (docs/offline.md). ------------------------

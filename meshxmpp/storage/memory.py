@@ -43,6 +43,8 @@ class _State:
         # all-resources delivery: user -> resource -> last seen; message id -> resources that had it
         self.resources: dict[str, dict[str, float]] = {}
         self.delivered: dict[int, set[str]] = {}
+        # first-resource delivery: message id -> (holder, lease_until) while it is leased
+        self.leases: dict[int, tuple[str, float]] = {}
         self.rooms: dict[str, RoomRecord] = {}
         # Like SQLite AUTOINCREMENT: ids grow across users and are never reused.
         self.ids = itertools.count(1)
@@ -78,6 +80,7 @@ class MemoryAccounts:
         self._s.rosters.pop(user, None)
         for message in self._s.offline.pop(user, ()):
             self._s.delivered.pop(message.id, None)
+            self._s.leases.pop(message.id, None)
         self._s.resources.pop(user, None)
         return True
 
@@ -150,6 +153,7 @@ class MemoryOffline:
         queue = self._s.offline.pop(user, [])
         for m in queue:
             self._s.delivered.pop(m.id, None)
+            self._s.leases.pop(m.id, None)
         return queue
 
     async def restore(self, user: str, messages: list[OfflineMessage]) -> None:
@@ -162,6 +166,22 @@ class MemoryOffline:
         merged = queue + [m for i, m in back.items() if i not in present]
         self._s.offline[user] = sorted(merged, key=lambda m: m.id)
 
+    async def lease(self, user: str, *, holder: str, until: float, now: float) -> list[OfflineMessage]:
+        await trio.lowlevel.checkpoint()
+        leases = self._s.leases
+        mine = [m for m in self._s.offline.get(user, ()) if m.id not in leases or leases[m.id][1] < now]
+        for m in mine:
+            leases[m.id] = (holder, float(until))
+        return mine
+
+    async def unlease(self, user: str, ids: list[int], holder: str) -> None:
+        await trio.lowlevel.checkpoint()
+        wanted = set(ids)
+        for m in self._s.offline.get(user, ()):
+            held = self._s.leases.get(m.id)
+            if m.id in wanted and held is not None and held[0] == holder:
+                del self._s.leases[m.id]
+
     def _drop(self, user: str, drop: set[int]) -> list[int]:
         """Delete ``user``'s messages whose id is in ``drop``; returns the ids deleted, ascending."""
         queue = self._s.offline.get(user)
@@ -171,6 +191,7 @@ class MemoryOffline:
         gone = [m.id for m in queue if m.id in drop]
         for i in gone:
             self._s.delivered.pop(i, None)
+            self._s.leases.pop(i, None)
         if kept:
             self._s.offline[user] = kept
         else:

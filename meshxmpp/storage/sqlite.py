@@ -46,6 +46,7 @@ from meshxmpp.storage.base import (
     Storage,
     StorageClosedError,
 )
+from meshxmpp.storage.migrations import SQLITE_MIGRATIONS, SchemaError, migrate_sqlite, sqlite_schema_version
 
 __all__ = ["BUSY_RETRY_FOR", "BUSY_TIMEOUT", "MIGRATIONS", "SchemaError", "SqliteStorage", "migrate", "schema_version"]
 
@@ -88,10 +89,6 @@ def _retry_busy(fn: Callable[[], T], *, retry_for: float = BUSY_RETRY_FOR) -> T:
             delay = min(delay * 2, 0.1)
 
 
-class SchemaError(RuntimeError):
-    """The database was written by a newer meshxmpp (unknown schema version)."""
-
-
 def _rollback(db: Database) -> None:
     if db.conn.in_transaction:
         db.conn.execute("ROLLBACK")
@@ -113,114 +110,13 @@ def _transaction(db: Database) -> Iterator[None]:
         raise
 
 
-# --- migrations -------------------------------------------------------------------------
-# Append only: never edit a released migration. Each runs in one transaction together with
-# its schema_version row, and is written so that running it again is harmless.
+# --- migrations ---------------------------------------------------------------------------
+# The schema lives in storage/migrations.py, shared with PostgreSQL; these names stay here for
+# the callers and tests that have always imported them from this module.
 
-
-def _m1_initial(db: Database) -> None:
-    db.table("accounts").create(
-        {"user": str, "creds": str},
-        pk="user",
-        not_null={"user", "creds"},
-        if_not_exists=True,
-    )
-    db.table("roster").create(
-        {
-            "user": str,
-            "jid": str,
-            "name": str,
-            "subscription": str,
-            "ask": int,
-            "pending_in": int,
-            "pending_in_stanza": str,
-            "approved": int,
-            "groups_json": str,  # JSON list: keeps group order; "groups" is an SQL keyword
-            "hidden": int,
-        },
-        pk=("user", "jid"),
-        not_null={"user", "jid", "subscription", "ask", "pending_in", "approved", "groups_json", "hidden"},
-        if_not_exists=True,
-    )
-    # sqlite-utils cannot declare AUTOINCREMENT, which keeps ids from being reused after the
-    # newest message is deleted (a client may still hold an old id).
-    db.execute(
-        "CREATE TABLE IF NOT EXISTS offline ("
-        " id INTEGER PRIMARY KEY AUTOINCREMENT,"
-        " user TEXT NOT NULL,"
-        " stanza TEXT NOT NULL,"
-        " stamp REAL NOT NULL)"
-    )
-    db.table("offline").create_index(["user", "id"], index_name="offline_user", if_not_exists=True)
-
-
-def _m2_offline_all_resources(db: Database) -> None:
-    # [offline] delivery = "all-resources" (docs/offline.md): the resources each user had
-    # recently, and which resource has had which stored message. A delivery record goes with its
-    # message (ON DELETE CASCADE; the connection enables foreign keys), and the code deletes
-    # them explicitly too, so a connection without foreign keys leaves nothing behind either.
-    db.execute(
-        "CREATE TABLE IF NOT EXISTS offline_resources ("
-        " user TEXT NOT NULL,"
-        " resource TEXT NOT NULL,"
-        " last_seen REAL NOT NULL,"
-        " PRIMARY KEY (user, resource)) WITHOUT ROWID"
-    )
-    db.execute(
-        "CREATE TABLE IF NOT EXISTS offline_delivered ("
-        " id INTEGER NOT NULL REFERENCES offline (id) ON DELETE CASCADE,"
-        " resource TEXT NOT NULL,"
-        " PRIMARY KEY (id, resource)) WITHOUT ROWID"
-    )
-
-
-def _m3_rooms(db: Database) -> None:
-    # Multi-user chat rooms (docs/muc.md). config, affiliations and occupants are JSON: their
-    # shape belongs to muc.room and changes with it, and they are always read and written whole.
-    # occupants/node are the failover mirror, rewritten on every join and leave (set_occupants).
-    db.execute(
-        "CREATE TABLE IF NOT EXISTS rooms ("
-        " jid TEXT PRIMARY KEY NOT NULL,"
-        " config_json TEXT NOT NULL,"
-        " affiliations_json TEXT NOT NULL,"
-        " subject TEXT,"
-        " subject_by TEXT,"
-        " persistent INTEGER NOT NULL,"
-        " occupants_json TEXT NOT NULL,"
-        " node TEXT) WITHOUT ROWID"
-    )
-
-
-MIGRATIONS: list[Callable[[Database], None]] = [_m1_initial, _m2_offline_all_resources, _m3_rooms]
-
-
-def schema_version(db: Database) -> int:
-    """The highest migration applied to ``db`` (0 for a fresh database)."""
-    if not db.table("schema_version").exists():
-        return 0
-    row = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
-    return int(row[0])
-
-
-def migrate(db: Database, migrations: list[Callable[[Database], None]] | None = None) -> int:
-    """Apply pending migrations in order; return the resulting version. Idempotent."""
-    steps = MIGRATIONS if migrations is None else migrations
-    db.execute(
-        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
-    )
-    current = schema_version(db)
-    if current > len(steps):
-        raise SchemaError(f"database schema version {current} is newer than this meshxmpp ({len(steps)})")
-    for version in range(current + 1, len(steps) + 1):
-        with _transaction(db):
-            # Re-check under the write lock: another process may have migrated meanwhile.
-            if db.execute("SELECT 1 FROM schema_version WHERE version = ?", [version]).fetchone():
-                continue
-            steps[version - 1](db)
-            db.execute(
-                "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", [version, time.time()]
-            )
-    return schema_version(db)
+MIGRATIONS = SQLITE_MIGRATIONS
+migrate = migrate_sqlite
+schema_version = sqlite_schema_version
 
 
 # --- row conversion ---------------------------------------------------------------------
@@ -511,6 +407,43 @@ class SqliteOffline:
 
         await self._run(op)
 
+    async def lease(self, user: str, *, holder: str, until: float, now: float) -> list[OfflineMessage]:
+        sql = (
+            "SELECT id, stanza, stamp FROM offline WHERE user = ?"
+            " AND (lease IS NULL OR lease_until < ?) ORDER BY id"
+        )
+        args = [user, float(now)]
+
+        def op(db: Database) -> list[OfflineMessage]:
+            if db.execute(sql + " LIMIT 1", args).fetchone() is None:
+                return []  # the common login: no write lock taken
+            # Select and mark in one write transaction: of two connections leasing at once (two
+            # nodes on one file), one gets each message while its lease runs.
+            with _transaction(db):
+                rows = db.execute(sql, args).fetchall()
+                db.conn.executemany(
+                    "UPDATE offline SET lease = ?, lease_until = ? WHERE id = ?",
+                    [(holder, float(until), int(r[0])) for r in rows],
+                )
+                return [OfflineMessage(id=int(i), stanza=str(st), stamp=float(t)) for i, st, t in rows]
+
+        return await self._run(op)
+
+    async def unlease(self, user: str, ids: list[int], holder: str) -> None:
+        params = [(user, int(i), holder) for i in ids]
+        if not params:
+            await trio.lowlevel.checkpoint()
+            return
+
+        def op(db: Database) -> None:
+            with _transaction(db):
+                db.conn.executemany(
+                    "UPDATE offline SET lease = NULL, lease_until = NULL WHERE user = ? AND id = ? AND lease = ?",
+                    params,
+                )
+
+        await self._run(op)
+
     async def remember_resource(self, user: str, resource: str, *, seen: float, forget_before: float) -> None:
         def op(db: Database) -> None:
             with _transaction(db):
@@ -672,6 +605,13 @@ class SqliteStorage(Storage):
         # How many times an operation was retried because another connection held a lock past
         # BUSY_TIMEOUT (or SQLite reported busy at once); for tests and diagnostics.
         self.busy_retries = 0
+        # The schema version after open() applied the migrations (storage/migrations.py).
+        self.schema_version = 0
+        # PRAGMA wal_autocheckpoint for the connection, set before open(): None keeps SQLite's
+        # default (1000 pages); 0 leaves checkpoints to Litestream, as its docs ask of an
+        # application it replicates (storage/litestream.py; BUSY_TIMEOUT already covers the
+        # moments Litestream holds the lock to checkpoint).
+        self.wal_autocheckpoint: int | None = None
         self.accounts = SqliteAccounts(self)
         self.rosters = SqliteRosters(self)
         self.offline = SqliteOffline(self)
@@ -709,8 +649,10 @@ class SqliteStorage(Storage):
             db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
             db.enable_wal()
             db.execute("PRAGMA synchronous = NORMAL")
+            if self.wal_autocheckpoint is not None:
+                db.execute(f"PRAGMA wal_autocheckpoint = {int(self.wal_autocheckpoint)}")
             db.execute("PRAGMA foreign_keys = ON")
-            migrate(db)
+            self.schema_version = migrate(db)
         except BaseException as exc:
             conn.close()
             if _is_busy(exc):

@@ -16,8 +16,9 @@ reused, ``Offline.delete`` ignores other users' and unknown ids; for all-resourc
 (``docs/offline.md``): ``known_resources()`` is sorted and ``last_seen`` never goes back,
 ``mark_delivered`` deletes a message only once some resource and every known one had it
 (or it expired), and delivery records and known resources go with their message / account;
-``take`` and ``claim`` are atomic claims (concurrent callers get disjoint sets whose union is
-everything), ``restore`` / ``release`` undo them. Rooms (``docs/muc.md``): records round-trip
+``take``, ``lease`` and ``claim`` are atomic claims (concurrent callers get disjoint sets whose
+union is everything), ``restore`` / ``unlease`` / ``release`` undo them; an expired lease can be
+leased again, and ``unlease`` only gives back the holder's own leases. Rooms (``docs/muc.md``): records round-trip
 whole (nested JSON values, None and non-ASCII included), ``list()`` is sorted, results are
 copies, ``set_occupants`` changes only the mirror and holder and ignores rooms not stored, and
 rooms are independent of accounts.
@@ -45,6 +46,9 @@ __all__ = [
     "check_offline_delivery_records_follow_messages",
     "check_offline_expire",
     "check_offline_known_resources",
+    "check_offline_lease",
+    "check_offline_lease_concurrent",
+    "check_offline_lease_expiry",
     "check_offline_mark_delivered_rules",
     "check_offline_claim",
     "check_offline_claim_concurrent",
@@ -437,6 +441,90 @@ async def check_offline_take_concurrent(make_storage: MakeStorage) -> None:
         assert sorted(every) == ids, "each message taken exactly once"
         assert all(t == sorted(t) for t in takes)
         assert await o.count(ALICE) == 0
+
+
+async def check_offline_lease(make_storage: MakeStorage) -> None:
+    async with _opened(make_storage) as s:
+        o = s.offline
+        assert await o.lease(ALICE, holder="n1/a", until=160.0, now=100.0) == []
+        for i in range(4):
+            await o.store(ALICE, f"<a{i}/>", stamp=10.0 + i, limit=100)
+        await o.store(BOB, "<b/>", stamp=1.0, limit=100)
+        stored = await o.fetch(ALICE)
+        bob = await o.fetch(BOB)
+        ids = [m.id for m in stored]
+
+        leased = await o.lease(ALICE, holder="n1/a", until=160.0, now=100.0)
+        assert leased == stored, "lease returns every unleased message, oldest first, exact"
+        assert await o.fetch(ALICE) == stored and await o.count(ALICE) == 4, "and deletes nothing"
+        assert await o.lease(ALICE, holder="n2/b", until=170.0, now=110.0) == [], "leased: not again"
+        assert await o.fetch(BOB) == bob, "other users untouched"
+        assert await o.lease(BOB, holder="n2/b", until=170.0, now=110.0) == bob
+
+        # a message stored after the lease is leasable on its own
+        await o.store(ALICE, "<late/>", stamp=20.0, limit=100)
+        (late,) = [m for m in await o.fetch(ALICE) if m.id not in ids]
+        assert await o.lease(ALICE, holder="n2/b", until=170.0, now=110.0) == [late]
+
+        # unlease gives back only the holder's own leases, of this user, for the ids given
+        await o.unlease(ALICE, [ids[0], ids[1], late.id, bob[0].id, max(ids) + 1000], "n1/a")
+        await o.unlease(ALICE, [], "n1/a")
+        await o.unlease(BOB, [bob[0].id], "n1/a")  # leased by n2/b: untouched
+        assert await o.lease(ALICE, holder="n3/c", until=200.0, now=120.0) == stored[:2], (
+            "unleased ones are leasable at once; late is still n2/b's"
+        )
+        assert await o.lease(BOB, holder="n3/c", until=200.0, now=120.0) == []
+
+        # delete after delivery; ids stay unique after leases
+        await o.delete(ALICE, ids)
+        assert await o.fetch(ALICE) == [late]
+        await o.unlease(ALICE, [late.id], "n2/b")
+        assert await o.lease(ALICE, holder="n4/d", until=300.0, now=130.0) == [late]
+        await o.delete(ALICE, [late.id])
+        assert await o.count(ALICE) == 0
+
+        # take still takes leased messages; restore puts them back unleased
+        await o.store(ALICE, "<t/>", stamp=30.0, limit=100)
+        (t,) = await o.lease(ALICE, holder="n5/e", until=400.0, now=140.0)
+        assert await o.take(ALICE) == [t]
+        await o.restore(ALICE, [t])
+        assert await o.lease(ALICE, holder="n6/f", until=400.0, now=140.0) == [t], "restored unleased"
+
+
+async def check_offline_lease_expiry(make_storage: MakeStorage) -> None:
+    async with _opened(make_storage) as s:
+        o = s.offline
+        for i in range(3):
+            await o.store(ALICE, f"<m{i}/>", stamp=float(i), limit=100)
+        stored = await o.fetch(ALICE)
+        # the holder "dies": it never deletes nor unleases
+        assert await o.lease(ALICE, holder="dead/a", until=160.0, now=100.0) == stored
+        assert await o.lease(ALICE, holder="n2/b", until=220.0, now=159.0) == []
+        assert await o.lease(ALICE, holder="n2/b", until=220.0, now=160.0) == [], "expires after until"
+        assert await o.lease(ALICE, holder="n2/b", until=221.0, now=160.5) == stored, "expired: offered again"
+        await o.unlease(ALICE, [m.id for m in stored], "dead/a")  # too late: n2/b's now
+        assert await o.lease(ALICE, holder="n3/c", until=230.0, now=200.0) == []
+        assert await o.fetch(ALICE) == stored
+
+
+async def check_offline_lease_concurrent(make_storage: MakeStorage) -> None:
+    async with _opened(make_storage) as s:
+        o = s.offline
+        for i in range(60):
+            await o.store(ALICE, f"<m{i}/>", stamp=float(i), limit=1000)
+        ids = [m.id for m in await o.fetch(ALICE)]
+        leases: dict[str, list[int]] = {}
+
+        async def lease(holder: str) -> None:
+            leases[holder] = [m.id for m in await o.lease(ALICE, holder=holder, until=1060.0, now=1000.0)]
+
+        async with trio.open_nursery() as nursery:
+            for n in range(8):
+                nursery.start_soon(lease, f"node{n}/s")
+        every = [i for got in leases.values() for i in got]
+        assert sorted(every) == ids, "each message leased exactly once: disjoint, and together all"
+        assert all(got == sorted(got) for got in leases.values())
+        assert await o.count(ALICE) == 60, "leasing deletes nothing"
 
 
 async def check_offline_claim(make_storage: MakeStorage) -> None:
@@ -949,6 +1037,9 @@ STORAGE_CHECKS: tuple[Callable[[MakeStorage], Awaitable[None]], ...] = (
     check_offline_delete_by_ids,
     check_offline_take,
     check_offline_take_concurrent,
+    check_offline_lease,
+    check_offline_lease_expiry,
+    check_offline_lease_concurrent,
     check_offline_known_resources,
     check_offline_pending_and_mark_delivered,
     check_offline_mark_delivered_rules,

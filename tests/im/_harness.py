@@ -7,6 +7,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import trio
+
 from meshxmpp import im
 from meshxmpp.config import load_config
 from meshxmpp.context import NodeContext
@@ -39,6 +41,7 @@ class FakeSession:
         self.bound_at = 0.0
         self.last_activity = 0.0
         self.closed = False
+        self.aborted = False
         self.ended = False
         self.got: list[Element] = []
 
@@ -48,6 +51,10 @@ class FakeSession:
 
     def close(self, condition: str | None = None, text: str | None = None) -> None:
         self.closed = True
+
+    async def wait_flushed(self) -> None:
+        """``got`` is the socket: everything sent is written at once."""
+        await trio.lowlevel.checkpoint()
 
     def take(self, pred: Callable[[Element], bool] = lambda el: True) -> list[Element]:
         """Remove and return what matched."""

@@ -6,6 +6,8 @@ from typing import Any
 
 import trio
 
+from meshxmpp.im import offline
+from meshxmpp.im._stanzas import loads
 from meshxmpp.im.offline import stamp_text
 from meshxmpp.xml import ns
 from meshxmpp.xml.element import Element
@@ -125,28 +127,144 @@ async def test_unreadable_stored_message_is_skipped(h: Harness) -> None:
     assert await h.storage.offline.count(ALICE) == 0
 
 
-async def test_a_session_closed_while_taking_puts_them_back(h: Harness) -> None:
-    """The take committed, but the session ended meanwhile: the messages are restored (same ids,
-    same order) for the next resource to come online."""
+async def test_a_session_closed_while_leasing_gives_them_back(h: Harness) -> None:
+    """The lease committed, but the session ended meanwhile: the messages are given back at once
+    (same ids, same order) for the next resource to come online."""
     bob = await h.online("bob@example.org/b")
     for i in range(3):
         await h.send(bob, chat(ALICE, f"m{i}"))
     store = h.storage.offline
     before = await store.fetch(ALICE)
-    real_take = store.take
+    real_lease = store.lease
     phone = h.bind("alice@example.org/phone")
 
-    async def take_then_hang_up(user: str) -> Any:
-        got = await real_take(user)
+    async def lease_then_hang_up(user: str, **kw: Any) -> Any:
+        got = await real_lease(user, **kw)
         phone.closed = True
         return got
 
-    store.take = take_then_hang_up  # type: ignore[method-assign]
+    store.lease = lease_then_hang_up  # type: ignore[method-assign]
     await h.send(phone, available())
-    store.take = real_take  # type: ignore[method-assign]
+    store.lease = real_lease  # type: ignore[method-assign]
     assert messages(phone.got) == []
-    assert await store.fetch(ALICE) == before, "restored as they were"
+    assert await store.fetch(ALICE) == before, "still stored as they were"
+    await h.end(phone)
+    laptop = await h.online("alice@example.org/laptop")
+    assert [body(el) for el in messages(laptop.got)] == ["m0", "m1", "m2"], "unleased: at once"
+    assert await store.count(ALICE) == 0
+
+# --- lease-then-delete (first-resource; docs/offline.md, "Crash safety" in docs/operations.md) ---
+
+
+def ids_of(got: list[Element]) -> list[str]:
+    return [m.get("id") or "" for m in messages(got)]
+
+
+async def test_every_stored_message_has_an_id(h: Harness) -> None:
+    b = await h.online("bob@example.org/b")
+    given = chat(ALICE, "with id")
+    given.set("id", "bob-1")
+    await h.send(b, given)
+    await h.send(b, chat(ALICE, "without"))
+    a = await h.online("alice@example.org/a")
+    first, second = ids_of(a.got)
+    assert first == "bob-1", "the sender's id is kept"
+    assert second.startswith("offline-") and len(second) > len("offline-"), "one added at store time"
+
+
+async def test_a_session_closing_between_lease_and_flush_gives_them_back(h: Harness) -> None:
+    """Queued, but the connection dropped before its outbox reached the socket (aborted, the
+    outbox discarded): not deleted, given back at once; the next login gets them, same ids."""
+    b = await h.online("bob@example.org/b")
+    for i in range(3):
+        await h.send(b, chat(ALICE, f"m{i}"))
+    store = h.storage.offline
+    before = await store.fetch(ALICE)
+    phone = h.bind("alice@example.org/phone")
+
+    async def drop_before_flush() -> None:
+        await trio.lowlevel.checkpoint()
+        phone.closed = phone.aborted = True
+
+    phone.wait_flushed = drop_before_flush  # type: ignore[method-assign]
+    await h.send(phone, available())
+    queued = ids_of(phone.got)
+    assert len(queued) == 3, "they were queued"
+    assert await store.fetch(ALICE) == before, "but not deleted"
     await h.end(phone)
     laptop = await h.online("alice@example.org/laptop")
     assert [body(el) for el in messages(laptop.got)] == ["m0", "m1", "m2"]
+    assert ids_of(laptop.got) == queued, "a redelivery, recognisable by stanza id"
     assert await store.count(ALICE) == 0
+
+
+async def test_a_cancelled_flush_wait_gives_them_back(h: Harness) -> None:
+    """The client hangs up while the delivery waits for the flush (its task is cancelled): the
+    shielded cleanup still gives the messages back."""
+    b = await h.online("bob@example.org/b")
+    await h.send(b, chat(ALICE, "m0"))
+    store = h.storage.offline
+    phone = h.bind("alice@example.org/phone")
+
+    async def never_flushes() -> None:
+        await trio.sleep_forever()
+
+    phone.wait_flushed = never_flushes  # type: ignore[method-assign]
+    with trio.move_on_after(1.0) as scope:
+        await h.send(phone, available())
+    assert scope.cancelled_caught
+    assert await store.count(ALICE) == 1
+    await h.end(phone)
+    laptop = await h.online("alice@example.org/laptop")
+    assert [body(el) for el in messages(laptop.got)] == ["m0"]
+    assert await store.count(ALICE) == 0
+
+
+async def test_a_flush_that_takes_too_long_leaves_them_leased(h: Harness, monkeypatch: Any) -> None:
+    """The outbox did not reach the socket within FLUSH_TIMEOUT: they may still be written, so
+    they are neither deleted nor given back; another login gets them only after LEASE."""
+    monkeypatch.setattr(offline, "FLUSH_TIMEOUT", 0.05)
+    b = await h.online("bob@example.org/b")
+    await h.send(b, chat(ALICE, "m0"))
+    phone = h.bind("alice@example.org/phone")
+
+    async def never_flushes() -> None:
+        await trio.sleep_forever()
+
+    phone.wait_flushed = never_flushes  # type: ignore[method-assign]
+    await h.send(phone, available())
+    assert [body(el) for el in messages(phone.got)] == ["m0"]
+    assert await h.storage.offline.count(ALICE) == 1
+    laptop = await h.online("alice@example.org/laptop")
+    assert messages(laptop.got) == [], "leased by the phone's delivery"
+    await h.end(laptop)
+    h.clock += offline.LEASE + 1
+    tablet = await h.online("alice@example.org/tablet")
+    assert [body(el) for el in messages(tablet.got)] == ["m0"], "after the lease: again"
+    assert await h.storage.offline.count(ALICE) == 0
+
+
+async def test_crash_between_lease_and_delete_redelivers_after_the_lease(h: Harness) -> None:
+    """The crash window: a node leased the messages and died before deleting them (it never
+    deletes nor unleases). While its lease runs nobody gets them; after it, the next login gets
+    every one, with its stanza id: at least once across a crash."""
+    b = await h.online("bob@example.org/b")
+    for i in range(3):
+        await h.send(b, chat(ALICE, f"m{i}"))
+    store = h.storage.offline
+    dead = await store.lease(ALICE, holder="dead-node/alice@example.org/phone/x", until=h.clock + offline.LEASE,
+                             now=h.clock)
+    assert len(dead) == 3
+    sent_ids = [loads(m.stanza).get("id") for m in dead]
+    assert all(sent_ids)
+
+    a = await h.online("alice@example.org/a")
+    assert messages(a.got) == [], "the dead node's lease still runs"
+    await h.end(a)
+    h.clock += offline.LEASE + 1
+    a = await h.online("alice@example.org/a")
+    assert [body(el) for el in messages(a.got)] == ["m0", "m1", "m2"]
+    assert ids_of(a.got) == sent_ids, "redelivered with the ids the dead node sent"
+    assert await store.count(ALICE) == 0
+    a2 = await h.online("alice@example.org/a2")
+    assert messages(a2.got) == []

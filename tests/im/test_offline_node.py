@@ -11,9 +11,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from meshxmpp import testing
+from meshxmpp.c2s.session import Session
 from meshxmpp.im import offline
 from meshxmpp.testing import TestClient
 from meshxmpp.xml import ns
@@ -270,3 +272,67 @@ async def test_shared_sqlite_same_resource_on_two_nodes(tmp_path: Path) -> None:
             assert bodies(laptop) == texts
             await offline_now(b, laptop)
             assert await a.ctx.storage.offline.count(ALICE) == 0
+
+
+# --- lease-then-delete across a crash (first-resource; docs/operations.md, "Crash safety") --------
+
+
+def ids_of(client: TestClient) -> list[str]:
+    return [el.get("id") or "" for el in client.pending() if is_chat(el)]
+
+
+async def test_first_resource_crash_window_redelivers_with_ids(tmp_path: Path) -> None:
+    """A node leased alice's messages and died before deleting them: another node on the same
+    database gives them to her next login once the lease expired, each with the stanza id it had
+    (the sender's, or the ``offline-…`` one added at store time); then they are gone."""
+    async with two_nodes(str(tmp_path / "shared.sqlite3")) as (a, b):
+        clock = [1_700_000_000.0]
+        a.ctx.now = b.ctx.now = lambda: clock[0]
+        bob = await b.client("bob", resource="b")
+        given = chat(ALICE, "m0")
+        given.set("id", "bob-0")
+        await bob.send(given)
+        await bob.send(chat(ALICE, "m1"))
+        await bob.ping()
+        # node "a" leases them (as its delivery would) and crashes: no delete, no unlease.
+        dead = await a.ctx.storage.offline.lease(
+            ALICE, holder="a/alice@example.org/phone/dead", until=clock[0] + offline.LEASE, now=clock[0]
+        )
+        assert len(dead) == 2
+
+        phone = await online(b, "phone")
+        assert bodies(phone) == [], "the lease still runs: nobody else gets them"
+        await offline_now(b, phone)
+
+        clock[0] += offline.LEASE + 1
+        phone = await online(b, "phone")
+        assert bodies(phone) == ["m0", "m1"], "redelivered after the lease expired"
+        first, second = ids_of(phone)
+        assert first == "bob-0" and second.startswith("offline-")
+        assert await b.ctx.storage.offline.count(ALICE) == 0, "deleted once written to the socket"
+        await offline_now(b, phone)
+        laptop = await online(a, "laptop")
+        assert bodies(laptop) == []
+        for client in (laptop, bob):
+            await client.aclose()
+
+
+async def test_first_resource_deletes_only_after_the_flush(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over a real socket: the delete waits for the session's outbox to be written."""
+    async with running() as n:
+        store = n.ctx.storage.offline
+        bob = await send_from_bob(n, "x", "y")
+        seen: list[int] = []
+        real_wait = Session.wait_flushed
+
+        async def wait_and_count(self: Session) -> None:
+            await real_wait(self)
+            seen.append(await store.count(ALICE))
+
+        monkeypatch.setattr(Session, "wait_flushed", wait_and_count)
+        phone = await online(n, "phone")
+        assert bodies(phone) == ["x", "y"]
+        assert seen == [2], "still stored when the outbox was flushed"
+        assert await store.count(ALICE) == 0
+        for client in (phone, bob):
+            await client.aclose()

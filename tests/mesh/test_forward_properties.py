@@ -251,8 +251,13 @@ def test_on_peer_dead_returns_exactly_the_unacked_and_nothing_is_lost(
     assert set(sent_to_b) | set(sent_to_c) == set(on_b) | set(on_c)
     # c got what came back and what was sent to it later, each once, in order.
     assert on_c == returned + sent_to_c
-    # b handed out each stanza at most once, in the order sent (what it did not get went to c).
-    assert len(on_b) == len(set(on_b)) and is_subsequence(on_b, sent_to_b)
+    # b handed out each stanza at most once, in the order sent (what it did not get went to c). Except
+    # when b wrongly thinks a died (mutual, not really dead): b then hands out what it held behind a gap
+    # (to be routed again), and the gap's stanza, retransmitted by a, comes after it: order is not kept
+    # across a (false) death (docs/mesh.md, "What is lost and what is not"); nothing is lost or doubled.
+    assert len(on_b) == len(set(on_b))
+    if not (mutual and not really_dead):
+        assert is_subsequence(on_b, sent_to_b)
     # The only stanzas handed out twice are returned ones that b had handed out but whose ack a never got.
     assert set(on_b) & set(on_c) <= set(returned)
     if not really_dead:

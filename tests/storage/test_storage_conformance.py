@@ -1,4 +1,9 @@
-"""Every storage backend passes the same conformance suite (the memory fake is verified)."""
+"""Every storage backend passes the same conformance suite (the memory fake is verified).
+
+PostgreSQL runs against the session's real server (``postgres_server``, meshxmpp/testing/_postgres.py);
+each storage the suite makes gets an empty schema of its own. Without PostgreSQL installed these
+tests fail with the install step, they are not skipped.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from meshxmpp.storage import MemoryStorage, SqliteStorage, Storage
+from meshxmpp.storage import MemoryStorage, PostgresStorage, SqliteStorage, Storage
 from meshxmpp.testing._conformance import STORAGE_CHECKS, MakeStorage, check_storage
+from meshxmpp.testing._postgres import PostgresServer
 
 Check = Callable[[MakeStorage], Awaitable[None]]
 
 
-def _factory(backend: str, tmp_path: Path) -> MakeStorage:
+def _factory(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> MakeStorage:
     if backend == "memory":
         return MemoryStorage
+    if backend == "postgres":
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        return lambda: PostgresStorage(server.fresh_dsn(), pool_size=4)
     counter = itertools.count()
 
     def make() -> Storage:
@@ -25,9 +34,9 @@ def _factory(backend: str, tmp_path: Path) -> MakeStorage:
     return make
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def make_storage(request: pytest.FixtureRequest, tmp_path: Path) -> MakeStorage:
-    return _factory(request.param, tmp_path)
+    return _factory(request.param, tmp_path, request)
 
 
 @pytest.mark.parametrize("check", STORAGE_CHECKS, ids=[c.__name__ for c in STORAGE_CHECKS])

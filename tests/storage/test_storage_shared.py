@@ -119,6 +119,31 @@ async def test_two_storages_race_take(tmp_path: Path) -> None:
             assert await a.offline.count(ALICE) == 0
 
 
+async def test_two_storages_race_lease(tmp_path: Path) -> None:
+    """first-resource leases (docs/offline.md): two connections leasing at once get disjoint sets
+    whose union is every message; after the lease expires they are offered again."""
+    with trio.fail_after(DEADLINE):
+        async with storages(tmp_path / "db.sqlite3") as (a, b):
+            for i in range(200):
+                await a.offline.store(ALICE, f"<m{i}/>", stamp=float(i), limit=LIMIT)
+            ids = [m.id for m in await b.offline.fetch(ALICE)]
+            leased: dict[str, list[int]] = {"a": [], "b": []}
+
+            async def lease(s: SqliteStorage, name: str, k: int) -> None:
+                got = await s.offline.lease(ALICE, holder=f"{name}/{k}", until=160.0, now=100.0)
+                leased[name].extend(m.id for m in got)
+
+            async with trio.open_nursery() as nursery:
+                for k in range(4):
+                    nursery.start_soon(lease, a, "a", k)
+                    nursery.start_soon(lease, b, "b", k)
+            assert not set(leased["a"]) & set(leased["b"]), "no message leased by both"
+            assert sorted(leased["a"] + leased["b"]) == ids, "the union is exactly the 200"
+            assert await a.offline.count(ALICE) == 200, "nothing deleted"
+            again = await b.offline.lease(ALICE, holder="b/late", until=300.0, now=200.0)
+            assert [m.id for m in again] == ids, "expired leases are offered again"
+
+
 async def test_two_storages_race_take_while_storing(tmp_path: Path) -> None:
     """A writer stores 200 messages while both storages keep taking: each taken exactly once."""
     with trio.fail_after(DEADLINE):
