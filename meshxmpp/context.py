@@ -30,6 +30,8 @@ class NodeContext:
     node_name: str = "local"
     # The mesh service when [mesh] secret is set (the node joins or starts a cluster), else None.
     mesh: MeshService | None = None
+    # Set when a graceful shutdown begins: GET /readyz answers 503 from then on (load balancers drain).
+    stopping: bool = False
     # The node's own nursery, for background work that outlives one connection (set by Node.run).
     nursery: trio.Nursery | None = None
     # Wall clock for stamps (XEP-0203 delay, last activity); injectable for tests.

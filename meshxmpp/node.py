@@ -177,6 +177,8 @@ class Node:
     def stop(self) -> None:
         """Begin a graceful shutdown (sync; ``await node.stopped.wait()`` to wait for it)."""
         self.stopping = True
+        if self.ctx is not None:
+            self.ctx.stopping = True
         if self._cancel is not None:
             self._cancel.cancel()
 
@@ -257,6 +259,9 @@ class Node:
             conn.session.abort("shutdown-timeout")
         if unflushed:
             cut[-1] += f" ({len(unflushed)} clients not flushed and disconnected)"
+        # 5b. External components are told too (their stanzas in flight were routed like a client's).
+        if self.components is not None:
+            await bounded("closing the component connections", clients_deadline, self.components.shutdown)
         # 6. Leave the mesh: the forwards of what the clients sent drain, then LEFT, then the links close.
         if mesh is not None:
             core = mesh.core

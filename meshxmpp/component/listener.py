@@ -68,6 +68,9 @@ class ComponentListener:
         self.port: int = ctx.config.components.port  # the bound port once run() has started
         self._accepted = 0
         self._active = 0
+        self._connections: set[_Connection] = set()
+        self._idle = trio.Event()
+        self._idle.set()
         self._established = 0
         self._failures = 0
 
@@ -99,10 +102,23 @@ class ComponentListener:
         """Serve one component connection on ``stream`` until it ends. Never raises (but Cancelled)."""
         self._accepted += 1
         self._active += 1
+        conn = _Connection(self, stream, peer)
+        self._connections.add(conn)
+        self._idle = trio.Event()
         try:
-            await _Connection(self, stream, peer).run()
+            await conn.run()
         finally:
             self._active -= 1
+            self._connections.discard(conn)
+            if not self._connections:
+                self._idle.set()
+
+    async def shutdown(self) -> None:
+        """The node stops: every component gets ``<system-shutdown/>`` after what its outbox holds;
+        returns once their connections ended (the caller bounds the wait)."""
+        for conn in list(self._connections):
+            conn.out.close("system-shutdown")
+        await self._idle.wait()
 
     def statistics(self) -> ComponentListenerStatistics:
         return ComponentListenerStatistics(

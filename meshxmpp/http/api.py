@@ -159,6 +159,8 @@ async def readyz(ctx: NodeContext, request: Request) -> Response:
     if mesh is not None:
         joined = mesh.joined.is_set()
         checks["mesh"] = {"ok": True} if joined else {"ok": False, "error": "not joined to the mesh yet"}
+    if getattr(ctx, "stopping", False):
+        checks["shutdown"] = {"ok": False, "error": "shutting down"}
     failed = [name for name, check in checks.items() if not check["ok"]]
     if not failed:
         return json_response({"status": 200, "ready": True, "checks": checks})

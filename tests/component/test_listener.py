@@ -169,3 +169,13 @@ async def test_newest_connection_of_a_domain_gets_the_stanzas(node: testing.Runn
         await alice.send(Element("message", ns.CLIENT, {"to": SX, "type": "normal"}, [Element("body", ns.CLIENT, {}, ["2"])]))
         got = await old.wait_for(lambda el: el.name == "message")
         assert got.findtext("body", ns.COMPONENT) == "2"
+
+
+async def test_node_stop_tells_components_system_shutdown() -> None:
+    async with testing.node(CONFIG, domain=DOMAIN) as n:
+        comp = await RawComponent.connect(port(n), SX, SECRET)
+        async with comp:
+            n.node.stop()
+            await comp.wait_closed()
+            assert comp.stream_error == "system-shutdown"
+            await n.node.stopped.wait()

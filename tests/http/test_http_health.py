@@ -96,3 +96,18 @@ async def test_a_node_whose_seeds_never_answer_is_not_ready() -> None:
     assert body["failed"] == ["mesh"]
     assert body["checks"]["storage"] == {"ok": True}
     assert "not joined" in body["error"]
+
+
+async def test_a_draining_node_is_not_ready() -> None:
+    """Node.stop() sets ctx.stopping first; from then on /readyz answers 503 so a load balancer stops
+    sending clients while the node drains (its HTTP listener is still up during the shutdown)."""
+    async with testing.node() as n:
+        assert (await request(n.http_address, "GET", "/readyz")).status == 200
+        n.ctx.stopping = True  # as Node.stop() does before anything else
+        answer = await request(n.http_address, "GET", "/readyz")
+        assert answer.status == 503, answer
+        assert answer.json()["failed"] == ["shutdown"]
+        assert (await request(n.http_address, "GET", "/healthz")).status == 200
+        n.ctx.stopping = False
+        n.node.stop()
+        assert n.ctx.stopping is True
