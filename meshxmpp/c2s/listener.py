@@ -152,6 +152,15 @@ class AuthThrottle:
             del self._failures[next(iter(self._failures))]
 
 
+
+def peer_name(stream: trio.SocketStream) -> str:
+    """``host:port`` (``[v6]:port``) of the peer of an accepted socket, for logs; ``?`` if unknown."""
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
 class C2SListener:
     """Client-to-server listener on ``[c2s] port`` (or ``direct_tls_port`` with ``direct_tls``).
 
@@ -240,12 +249,7 @@ class C2SListener:
         return iter(list(self._connections))
 
     async def _handle_socket(self, stream: trio.SocketStream) -> None:
-        try:
-            host, port = stream.socket.getpeername()[:2]
-            peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        except OSError:
-            peer = "?"
-        await self.handle_stream(stream, peer)
+        await self.handle_stream(stream, peer_name(stream))
 
     async def handle_stream(self, stream: trio.abc.Stream, peer: str) -> None:
         """Serve one client connection on ``stream`` until it ends. Never raises (but Cancelled)."""

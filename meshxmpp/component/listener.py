@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from meshxmpp.c2s.listener import peer_name
 from meshxmpp.c2s.session import Session, flush_held, hold_wakeups
 from meshxmpp.component.handshake import Close, ComponentStream, Effect, Established, Send, Stanza
 from meshxmpp.component.routing import ComponentRouter
@@ -91,12 +92,7 @@ class ComponentListener:
                     await listener.aclose()
 
     async def _handle_socket(self, stream: trio.SocketStream) -> None:
-        try:
-            host, port = stream.socket.getpeername()[:2]
-            peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        except OSError:
-            peer = "?"
-        await self.handle_stream(stream, peer)
+        await self.handle_stream(stream, peer_name(stream))
 
     async def handle_stream(self, stream: trio.abc.Stream, peer: str) -> None:
         """Serve one component connection on ``stream`` until it ends. Never raises (but Cancelled)."""
