@@ -383,6 +383,14 @@ class PostgresOffline:
         return await self._run(op)
 
     async def unlease(self, user: str, ids: list[int], holder: str) -> None:
+        await self._locked_ids_write(
+            user, ids, "UPDATE offline SET lease = NULL, lease_until = NULL"
+            " WHERE username = %s AND id = ANY(%s) AND lease = %s", lambda wanted: (user, wanted, holder))
+
+    async def _locked_ids_write(self, user: str, ids: list[int], sql: str,
+                                params: Callable[[list[int]], tuple[Any, ...]]) -> None:
+        """One statement about some of ``user``'s offline ids, under the user's lock (nothing to do
+        for no ids)."""
         wanted = [int(i) for i in ids]
         if not wanted:
             await trio.lowlevel.checkpoint()
@@ -391,11 +399,7 @@ class PostgresOffline:
         def op(conn: Connection[Any]) -> None:
             with conn.transaction():
                 _lock_user(conn, user)
-                conn.execute(
-                    "UPDATE offline SET lease = NULL, lease_until = NULL"
-                    " WHERE username = %s AND id = ANY(%s) AND lease = %s",
-                    (user, wanted, holder),
-                )
+                conn.execute(sql, params(wanted))
 
         await self._run(op)
 
@@ -460,21 +464,10 @@ class PostgresOffline:
         return await self._run(op)
 
     async def release(self, user: str, resource: str, ids: list[int]) -> None:
-        wanted = [int(i) for i in ids]
-        if not wanted:
-            await trio.lowlevel.checkpoint()
-            return
-
-        def op(conn: Connection[Any]) -> None:
-            with conn.transaction():
-                _lock_user(conn, user)
-                conn.execute(
-                    "DELETE FROM offline_delivered d USING offline o"
-                    " WHERE d.id = o.id AND o.username = %s AND d.resource = %s AND d.id = ANY(%s)",
-                    (user, resource, wanted),
-                )
-
-        await self._run(op)
+        await self._locked_ids_write(
+            user, ids, "DELETE FROM offline_delivered d USING offline o"
+            " WHERE d.id = o.id AND o.username = %s AND d.resource = %s AND d.id = ANY(%s)",
+            lambda wanted: (user, resource, wanted))
 
     async def mark_delivered(
         self, user: str, resource: str, ids: list[int], *, known_since: float, expire_before: float
