@@ -437,7 +437,8 @@ class MeshCore:
 
     def _apply(self, update: Update) -> None:
         node = update.node
-        before = self.directory.digest().versions.get(node) if node != self.name else None
+        # Only the epoch is needed here: one dict read, not a digest of every owner per update.
+        before = self.directory.epoch_of(node) if node != self.name else None
         changes = self.directory.apply(update)
         restarted: list[SessionRecord] = []
         back: list[SessionRecord] = []
@@ -450,7 +451,7 @@ class MeshCore:
                 if change.loser.node == self.name:
                     self._events.append(ConflictLost(change.loser.jid, change.winner))
             elif isinstance(change, Removed) and change.record.node == node and before is not None \
-                    and update.version.epoch > before.epoch + 1:
+                    and update.version.epoch > before + 1:
                 restarted.append(change.record)  # a new life of the node: its old sessions are gone
             elif isinstance(change, Added) and returning:
                 back.append(change.record)

@@ -283,6 +283,11 @@ class Directory:
         st = self._owners.get(node)
         return [record for _, record in sorted(st.live.values(), key=_first)] if st else []
 
+    def epoch_of(self, node: str) -> int | None:
+        """The epoch of ``node``'s records held here; None when there are none (unknown or purged)."""
+        st = self._owners.get(node)
+        return st.epoch if st is not None else None
+
     def nodes(self) -> set[str]:
         """Owners this replica holds state for (this node included), whether or not with sessions."""
         return set(self._owners)

@@ -144,6 +144,15 @@ def _room_to_row(record: RoomRecord) -> tuple[Any, ...]:
     )
 
 
+def _upsert(table: str, columns: str, key: str) -> str:
+    """``INSERT ... ON CONFLICT (key) DO UPDATE`` of every column of ``columns`` outside ``key``."""
+    names = [c.strip() for c in columns.split(",")]
+    keys = {k.strip() for k in key.split(",")}
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in names if c not in keys)
+    return (f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))})"
+            f" ON CONFLICT ({key}) DO UPDATE SET {updates}")
+
+
 def _room_from_row(row: tuple[Any, ...]) -> RoomRecord:
     jid, config, affiliations, subject, subject_by, persistent, occupants, node = row
     return RoomRecord(
@@ -247,18 +256,10 @@ class PostgresRosters:
 
     async def put(self, user: str, item: RosterItem) -> None:
         row = _item_to_row(user, item)
-        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in _ROSTER_COLUMNS.split(", ")[1:])
-
-        def op(conn: Connection[Any]) -> None:
-            # One statement: concurrent puts of one item from several nodes never fail, the
-            # last one wins whole.
-            conn.execute(
-                f"INSERT INTO roster (username, {_ROSTER_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                f" ON CONFLICT (username, jid) DO UPDATE SET {updates}",
-                row,
-            )
-
-        await self._run(op)
+        # One statement: concurrent puts of one item from several nodes never fail, the last one
+        # wins whole.
+        sql = _upsert("roster", f"username, {_ROSTER_COLUMNS}", "username, jid")
+        await self._run(lambda conn: conn.execute(sql, row))
 
     async def remove(self, user: str, jid: str) -> bool:
         def op(conn: Connection[Any]) -> bool:
@@ -526,16 +527,8 @@ class PostgresRooms:
 
     async def put(self, record: RoomRecord) -> None:
         row = _room_to_row(record)  # serialised here: a bad value fails in the caller, not the worker
-        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in _ROOM_COLUMNS.split(", ")[1:])
-
-        def op(conn: Connection[Any]) -> None:
-            conn.execute(
-                f"INSERT INTO rooms ({_ROOM_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-                f" ON CONFLICT (jid) DO UPDATE SET {updates}",
-                row,
-            )
-
-        await self._run(op)
+        sql = _upsert("rooms", _ROOM_COLUMNS, "jid")
+        await self._run(lambda conn: conn.execute(sql, row))
 
     async def delete(self, room: str) -> bool:
         def op(conn: Connection[Any]) -> bool:
